@@ -1,0 +1,290 @@
+"""Ingest benchmark: a bare Flask app against Escalier's signed, stored Zendesk endpoint.
+
+Run ``python bench/ingest/run.py``. Both apps run under exactly the receiver's gunicorn settings
+(``gunicorn_options()``'s defaults; ``ESCALIER_BENCH_WORKERS``/``ESCALIER_BENCH_THREADS`` change
+them for both); wrk replays a pool of pre-signed requests with unique delivery ids and bodies
+(bench/ingest/pool.lua), then Escalier is measured again at about half its maximum rate. The
+report gives both rates, their ratio, p50/p99 of every run, the half-load run's rate and p99, and
+checks that every measured Escalier request was a new row (a pool that wrapped would turn requests
+into cheap duplicates). Results are printed and written to bench/results/ingest-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE.parent / "results"
+SECRET = "bench-signing-secret"
+DURATION = 10
+
+WRK_THREADS = 2
+CONNECTIONS = int(os.environ.get("ESCALIER_BENCH_CONNECTIONS", "32"))
+HALF_CONNECTIONS = 16
+
+
+def server_options(port: int) -> dict:
+    """The gunicorn options both apps run with: the receiver's defaults, unless overridden here."""
+    from escalier.webhooks.serve import gunicorn_options
+
+    overrides = {
+        name: int(os.environ[var])
+        for name, var in (("workers", "ESCALIER_BENCH_WORKERS"), ("threads", "ESCALIER_BENCH_THREADS"))
+        if os.environ.get(var)
+    }
+    return gunicorn_options(bind=f"127.0.0.1:{port}", log_level="warning", **overrides)
+
+
+def serve(kind: str, port: int, store_url: str | None) -> None:
+    """Run one app under the receiver's gunicorn settings (called in a child process)."""
+    from flask import Flask
+
+    from escalier.webhooks import ReceiverSettings, create_app
+    from escalier.webhooks.serve import GunicornServer
+
+    options = server_options(port)
+    if kind == "bare":
+        def factory() -> Flask:
+            app = Flask("bare", static_folder=None)
+
+            @app.route("/healthz")
+            def healthz():
+                return {"status": "alive"}
+
+            @app.route("/<path:anything>", methods=["POST"])
+            def receive(anything):
+                return "", 204
+
+            return app
+    else:
+        settings = ReceiverSettings(store_url=store_url, secrets={("zendesk", "default"): (SECRET,)})
+
+        def factory() -> Flask:
+            return create_app(settings)
+
+    GunicornServer(factory, options).run()
+
+
+def write_pool(path: Path, size: int, prefix: str) -> None:
+    """``size`` signed Zendesk event deliveries, each with its own id and body."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    key = SECRET.encode()
+    with path.open("w") as out:
+        for n in range(size):
+            event_id = f"{prefix}-{n:08d}"
+            body = json.dumps(
+                {
+                    "account_id": 1234567,
+                    "detail": {"actor_id": "9000000000001", "id": str(4000 + n % 5000),
+                               "status": "OPEN", "priority": "HIGH", "group_id": "360000003"},
+                    "event": {"current": "OPEN", "previous": "NEW"},
+                    "id": event_id,
+                    "subject": f"zen:ticket:{4000 + n % 5000}",
+                    "time": "2026-03-06T15:49:58.123456789Z",
+                    "type": "zen:event-type:ticket.status_changed",
+                    "zendesk_event_version": "2022-11-06",
+                },
+                separators=(",", ":"),
+            )
+            signature = base64.b64encode(
+                hmac.new(key, stamp.encode() + body.encode(), hashlib.sha256).digest()
+            ).decode()
+            out.write(f"/webhooks/zendesk\t{event_id}\t{signature}\t{stamp}\t{body}\n")
+
+
+def start(kind: str, port: int, store_url: str | None) -> subprocess.Popen:
+    """Start a server and wait until it answers."""
+    command = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
+    if store_url:
+        command += ["--store", store_url]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            return process
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit(f"{kind} server did not start: {process.stderr.read().decode()[-2000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a server started by :func:`start`."""
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def wrk(port: int, pool: Path, *, connections: int, duration: int, delay_ms: float = 0) -> dict:
+    """One wrk run over ``pool``; requests per second and latency percentiles in ms."""
+    env = {**os.environ, "ESCALIER_POOL": str(pool), "ESCALIER_THREADS": str(WRK_THREADS),
+           "ESCALIER_DELAY_MS": str(int(delay_ms))}
+    threads = min(WRK_THREADS, connections)
+    env["ESCALIER_THREADS"] = str(threads)
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "-s", str(HERE / "pool.lua"),
+         f"http://127.0.0.1:{port}"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    found = re.search(r"ESCALIER_RESULT (\{.*\})", out)
+    if not found:
+        raise SystemExit(f"wrk gave no result:\n{out}")
+    raw = json.loads(found.group(1))
+    seconds = raw["duration_us"] / 1e6
+    return {
+        "requests": raw["requests"],
+        "rate": round(raw["requests"] / seconds, 1),
+        "p50_ms": round(raw["p50_us"] / 1000, 2),
+        "p99_ms": round(raw["p99_us"] / 1000, 2),
+        "non_2xx": raw["non_2xx"],
+        "socket_errors": raw["socket_errors"],
+        # Times a wrk thread ran out of pool and started over (its later requests repeat).
+        "pool_wrapped": raw["wrapped"],
+        "connections": connections,
+        "delay_ms": int(delay_ms),
+    }
+
+
+def stored_rows(db: Path, prefix: str) -> int:
+    """How many inbox rows came from the pool with ``prefix``."""
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM inbox WHERE delivery_id LIKE ?", (f"{prefix}-%",)
+        ).fetchone()[0]
+
+
+def durability(url: str) -> dict:
+    """The journal mode and synchronous level the receiver's engine runs with."""
+    from escalier.store.database import create_store_engine
+
+    engine = create_store_engine(url)
+    try:
+        with engine.connect() as conn:
+            journal = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+            level = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+            checkpoint = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+    finally:
+        engine.dispose()
+    names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+    return {"journal_mode": journal, "synchronous": names.get(level, level),
+            "wal_autocheckpoint_pages": checkpoint}
+
+
+def main() -> int:
+    """Run both measurements and report them."""
+    if shutil.which("wrk") is None:
+        print("wrk is not installed. Install it with:\n"
+              "    apt-get update && apt-get install -y wrk     (Debian/Ubuntu)\n"
+              "    brew install wrk                              (macOS)", file=sys.stderr)
+        return 2
+    from escalier.store.database import create_store_engine, ensure_schema
+
+    work = Path(tempfile.mkdtemp(prefix="escalier-bench-"))
+    db = work / "escalier.db"
+    url = f"sqlite:///{db}"
+    engine = create_store_engine(url)
+    ensure_schema(engine)
+    engine.dispose()
+    options = server_options(0)  # only for the report
+    try:
+        warm = work / "warm.pool"
+        write_pool(warm, 2000, "warm")
+        bare = start("bare", 18081, None)
+        try:
+            wrk(18081, warm, connections=CONNECTIONS, duration=2)
+            bare_run = wrk(18081, warm, connections=CONNECTIONS, duration=DURATION)
+        finally:
+            stop(bare)
+        full_pool = work / "full.pool"
+        write_pool(full_pool, int(bare_run["rate"] * DURATION * 1.2) + 2000, "full")
+        esc = start("escalier", 18082, url)
+        try:
+            wrk(18082, warm, connections=CONNECTIONS, duration=2)
+            full = wrk(18082, full_pool, connections=CONNECTIONS, duration=DURATION)
+            target = full["rate"] / 2
+            # wrk's delay() paces each connection; subtract part of the service time so the
+            # paced rate lands near the target rather than below it.
+            delay = max(0.0, HALF_CONNECTIONS / target * 1000 - full["p50_ms"] / 4)
+            half_pool = work / "half.pool"
+            write_pool(half_pool, int(target * DURATION * 1.5) + 2000, "half")
+            half = wrk(18082, half_pool, connections=HALF_CONNECTIONS, duration=DURATION,
+                       delay_ms=delay)
+        finally:
+            stop(esc)
+        full["stored_rows"] = stored_rows(db, "full")
+        half["stored_rows"] = stored_rows(db, "half")
+        stored = durability(url)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    half["target_rate"] = round(target, 1)
+    half["fraction_of_max"] = round(half["rate"] / full["rate"], 3)
+    ratio = full["rate"] / bare_run["rate"]
+    # Every 2xx of a measured run must be a new, committed row: no wrapped pool (duplicates are
+    # cheap) and at least as many rows as answered requests.
+    honest = all(
+        run["pool_wrapped"] == 0 and run["non_2xx"] == 0 and run["stored_rows"] >= run["requests"]
+        for run in (full, half)
+    )
+    report = {
+        "at": datetime.now(timezone.utc).isoformat(),
+        "host_cpus": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "gunicorn": {key: options[key] for key in ("workers", "threads", "worker_class")},
+        "wrk": {"threads": WRK_THREADS, "connections": CONNECTIONS,
+                "half_load_connections": HALF_CONNECTIONS, "duration_s": DURATION},
+        "store": stored,
+        "bare": bare_run,
+        "escalier_full": full,
+        "escalier_half": half,
+        "ratio": round(ratio, 3),
+        "every_measured_request_stored": honest,
+        "targets": {"ratio_at_least": 0.5, "ratio_aim": 0.6, "half_load_p99_ms_below": 20},
+        "met": {"ratio": ratio >= 0.5, "half_load_p99": half["p99_ms"] < 20},
+    }
+    print(f"gunicorn {report['gunicorn']}, store {stored}, 1-min load average "
+          f"{report['load_average_1m']} on {report['host_cpus']} CPUs")
+    print(f"{'run':<26}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'rows':>9}")
+    for name, run in (("bare Flask (204)", bare_run), ("Escalier zendesk, max", full),
+                      ("Escalier zendesk, ~half", half)):
+        print(f"{name:<26}{run['rate']:>10.0f}{run['p50_ms']:>9.2f}{run['p99_ms']:>9.2f}"
+              f"{run['non_2xx']:>9}{run.get('stored_rows', '-'):>9}")
+    print(f"Escalier / bare: {ratio:.0%} (target >= 50%); half load: {half['rate']:.0f} req/s "
+          f"({half['fraction_of_max']:.0%} of max), p99 {half['p99_ms']} ms (target < 20 ms); "
+          f"every measured request stored: {honest}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"ingest-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"written: {out}")
+    return 0 if honest else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", choices=["bare", "escalier"])
+    parser.add_argument("--port", type=int, default=18081)
+    parser.add_argument("--store")
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.port, args.store)
+    else:
+        sys.exit(main())

@@ -1,0 +1,3 @@
+"""The built-in connectors, registered through the ``escalier`` entry-point group like any plugin."""
+
+__all__: list[str] = []

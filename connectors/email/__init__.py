@@ -1,0 +1,3 @@
+"""The built-in email connector."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""The built-in jira connector."""
+
+__all__: list[str] = []

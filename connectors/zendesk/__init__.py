@@ -1,0 +1,3 @@
+"""The built-in zendesk connector."""
+
+__all__: list[str] = []

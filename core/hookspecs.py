@@ -1,0 +1,122 @@
+"""Every hook Escalier offers, in one module.
+
+Naming grammar:
+
+- ``register_*`` hooks are called on every plugin and their results are collected into lists;
+- ``*_for_*`` hooks are first-result look-ups: the call stops at the first non-None result, so a
+  plugin overrides a built-in by answering first (our built-ins are ``trylast``);
+- past-tense hooks (``*_decided``, ``*_applied``) are notifications; their results are ignored and
+  a failing implementation is logged with its plugin's name and does not stop the others.
+
+Plugins are found through the ``escalier`` entry-point group; a module or object with functions
+named like these, decorated with :data:`hookimpl`, is a plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from escalier.core.connector import ActionResult, Connection, ConnectorSpec, RawEvent
+    from escalier.core.extensions import ChannelSpec, CommentTemplate, CriterionSpec, WebhookSpec
+    from escalier.core.model import Action, TicketEvent
+
+__all__ = ["PROJECT", "hookimpl", "hookspec"]
+
+PROJECT = "escalier"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_connectors() -> list[ConnectorSpec]:
+    """Register connectors to ticketing systems.
+
+    Fires once when the plugin manager is built and whenever a policy file is validated.
+    Takes no arguments. Returns a list of :class:`~escalier.core.connector.ConnectorSpec`; a
+    connector name may be registered only once across all plugins.
+    """
+
+
+@hookspec
+def register_webhooks() -> list[WebhookSpec]:
+    """Register webhook endpoints for the receiver.
+
+    Fires when the receiver app is created. Takes no arguments. Returns a list of
+    :class:`~escalier.core.extensions.WebhookSpec`; each is mounted at ``/webhooks/<name>`` and
+    ``/webhooks/<name>/<instance>``.
+    """
+
+
+@hookspec
+def register_notification_channels() -> list[ChannelSpec]:
+    """Register kinds of notification channel (mail, chat, pager).
+
+    Fires when the policy is validated and when the worker starts. Takes no arguments. Returns a
+    list of :class:`~escalier.core.extensions.ChannelSpec`, named by the ``kind`` a policy's
+    ``notifications.channels.<name>.kind`` refers to.
+    """
+
+
+@hookspec
+def register_comment_templates() -> list[CommentTemplate]:
+    """Register named comment templates that policies can refer to.
+
+    Fires when the policy is validated. Takes no arguments. Returns a list of
+    :class:`~escalier.core.extensions.CommentTemplate`; a template in the policy file of the same
+    name overrides a registered one.
+    """
+
+
+@hookspec
+def register_criteria() -> list[CriterionSpec]:
+    """Register extra escalation criteria usable in ``criteria[].when.extra``.
+
+    Fires when the policy is validated. Takes no arguments. Returns a list of
+    :class:`~escalier.core.extensions.CriterionSpec`: a name, an options model and a pure
+    predicate of (ticket, state, now, options).
+    """
+
+
+@hookspec(firstresult=True)
+def parse_event_for_connector(raw: RawEvent) -> list[TicketEvent] | None:
+    """Parse a stored delivery into ticket events.
+
+    Fires in the worker for each inbox row. ``raw`` is the delivery as received, with
+    ``raw.source`` naming the connector. Returns the events (an empty list for a delivery that
+    carries nothing to act on) or None to let another plugin answer. Stops at the first non-None
+    result.
+    """
+
+
+@hookspec(firstresult=True)
+def apply_action_for_connector(action: Action, connection: Connection) -> ActionResult | None:
+    """Apply one action upstream.
+
+    Fires in the worker for each outbox row, inside the retry policy. ``connection`` is the
+    configured connection for ``action.system``/``action.instance``. Returns an
+    :class:`~escalier.core.connector.ActionResult`, or None to let another plugin answer; raises a
+    :class:`~escalier.core.errors.ConnectorError` on failure. Stops at the first non-None result.
+    """
+
+
+@hookspec
+def escalation_decided(
+    system: str, ticket_id: str, history: list[Mapping[str, Any]], actions: list[Action]
+) -> None:
+    """Notification: the engine made a decision that was committed to the store.
+
+    Fires after the commit. ``history`` holds the new audit entries as dicts, ``actions`` the
+    actions queued. Returns nothing; a failure is logged and ignored.
+    """
+
+
+@hookspec
+def action_applied(action: Action, result: ActionResult) -> None:
+    """Notification: an action reached its upstream.
+
+    Fires after the outbox row is marked done. Returns nothing; a failure is logged and ignored.
+    """

@@ -1,0 +1,3 @@
+from escalier.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,448 @@
+"""The worker: turns stored deliveries and due timers into decisions, and decisions into upstream writes.
+
+One pass (:meth:`Worker.run_once`) does three things:
+
+1. claims inbox rows, parses each with the ``parse_event_for_connector`` hook and decides;
+2. claims due timers and decides;
+3. claims ready outbox rows, most urgent first, and applies each with ``apply_action_for_connector``
+   under the retry policy of :mod:`escalier.runtime.retry` and within the upstream account's write
+   budget (:mod:`escalier.runtime.ratelimit`).
+
+A decision is committed in one transaction: the new state (optimistic ``version``), its audit rows,
+its outbox rows and its next timer. Upstream writes happen only after that commit, from the outbox,
+so a crash anywhere loses nothing; a connection checks an action's key before writing it, so an
+action re-applied after a crash has no second effect. Notifications fire after the commits.
+
+Nothing is sent while an account's budget is empty. A pass waits for a token at most
+``budget_wait`` seconds in all; the actions it could not afford go back to the outbox still
+ready, so the next pass again serves the most urgent first. An account paused for longer than
+that (a ``Retry-After``, an exhausted reported budget) has its pending actions held back with
+``next_attempt_at`` at the moment its budget returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pluggy
+from sqlalchemy import Engine
+
+from escalier.core.connector import Connection
+from escalier.core.engine import Decision
+from escalier.core.errors import ConnectorError, PluginError, TransientError
+from escalier.core.model import EscalationState, TicketEvent, Timer
+from escalier.core.policy import Policy
+from escalier.plugins import notify_plugins
+from escalier.runtime.ratelimit import RateLimiter
+from escalier.runtime.retry import RetrySettings, build_retrying, requeue_delay
+from escalier.store import ClaimedAction, ClaimedTimer, StaleStateError, Store, inbox
+
+__all__ = ["Pass", "Worker", "default_worker_id", "system_clock"]
+
+log = logging.getLogger("escalier.runtime.worker")
+
+Decide = Callable[..., Decision]
+Stimulus = TicketEvent | Timer
+
+# A decision that loses the optimistic-lock race is decided again on fresh state; this many times
+# means something keeps writing the same escalation, which deserves an error rather than a spin.
+_MAX_CONFLICTS = 20
+
+Account = tuple[str, str]
+
+
+class _OverBudget(Exception):
+    """The account has no write budget for longer than the pass may still wait."""
+
+    def __init__(self, wait: float):
+        super().__init__(f"no write budget for {wait:.3f}s")
+        self.wait = wait
+
+
+def system_clock() -> datetime:
+    """The current time in UTC."""
+    return datetime.now(UTC)
+
+
+def default_worker_id() -> str:
+    """``host:pid``: unique among live processes, as lease take-back requires."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What one pass of the worker handled."""
+
+    deliveries: int = 0
+    timers: int = 0
+    actions: int = 0
+
+    @property
+    def total(self) -> int:
+        """Everything handled in the pass."""
+        return self.deliveries + self.timers + self.actions
+
+
+class Worker:
+    """Claims work from the store, decides with ``decide``, and applies actions upstream."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        decide: Decide,
+        policy: Policy | Callable[[], Policy],
+        connections: Mapping[tuple[str, str], Connection],
+        plugin_manager: pluggy.PluginManager,
+        clock: Callable[[], datetime] = system_clock,
+        sleep: Callable[[float], None] = time.sleep,
+        retry: RetrySettings = RetrySettings(),
+        worker_id: str | None = None,
+        policies: Mapping[str, Policy] | None = None,
+        extra_criteria: Mapping[str, Any] | None = None,
+        batch_size: int = 50,
+        lease: timedelta = timedelta(minutes=5),
+        rate_limiter: RateLimiter | None = None,
+        budget_wait: float = 2.0,
+    ):
+        self.store = store
+        self.decide = decide
+        self._policy = policy
+        self.connections = dict(connections)
+        self.pm = plugin_manager
+        self.clock = clock
+        self.retry = retry
+        self.worker_id = worker_id or default_worker_id()
+        self.policies = dict(policies or {})
+        self.extra_criteria = dict(extra_criteria or {})
+        self.batch_size = batch_size
+        self.lease = lease
+        self.sleep = sleep
+        self.budget_wait = budget_wait
+        self._rate_limiter = rate_limiter
+        self._retrying = build_retrying(retry, sleep=sleep)
+        self._allowance = budget_wait
+        self._held: dict[Account, datetime] = {}
+
+    @property
+    def engine(self) -> Engine:
+        """The store's database engine."""
+        return self.store.engine
+
+    def policy(self) -> Policy:
+        """The current policy, from the provider when one was given."""
+        return self._policy if isinstance(self._policy, Policy) else self._policy()
+
+    @property
+    def rate_limiter(self) -> RateLimiter:
+        """The write budgets; by default the connectors' ``writes_per_minute``, on the worker's clock."""
+        if self._rate_limiter is None:
+            self._rate_limiter = RateLimiter.from_policy(
+                self.policy(), self.pm, clock=lambda: self.clock().timestamp()
+            )
+        return self._rate_limiter
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def run_once(self) -> Pass:
+        """One pass: a batch of deliveries, a batch of due timers, a batch of ready actions."""
+        return Pass(self.process_inbox(), self.process_timers(), self.process_outbox())
+
+    def run(
+        self,
+        *,
+        stop: threading.Event | None = None,
+        once: bool = False,
+        idle_wait: float = 0.5,
+    ) -> Pass:
+        """Pass after pass until ``stop`` is set; with ``once``, until a pass finds nothing to do."""
+        stop = stop or threading.Event()
+        deliveries = timers = actions = 0
+        log.info("runtime.worker.started", extra={"worker_id": self.worker_id})
+        while not stop.is_set():
+            done = self.run_once()
+            deliveries, timers, actions = (
+                deliveries + done.deliveries, timers + done.timers, actions + done.actions
+            )
+            if not done.total:
+                if once:
+                    break
+                stop.wait(idle_wait)
+        log.info(
+            "runtime.worker.stopped",
+            extra={"worker_id": self.worker_id, "deliveries": deliveries, "timers": timers,
+                   "actions": actions},
+        )
+        return Pass(deliveries, timers, actions)
+
+    # --- deliveries -----------------------------------------------------------------------------
+
+    def process_inbox(self) -> int:
+        """Claim, parse and decide a batch of stored deliveries; returns how many were claimed."""
+        raws = inbox.claim(
+            self.engine, self.worker_id, limit=self.batch_size, lease=self.lease, now=self.clock()
+        )
+        done: list[int] = []
+        for raw in raws:
+            assert raw.inbox_id is not None
+            try:
+                events = self.pm.hook.parse_event_for_connector(raw=raw)
+                if events is None:
+                    log.warning(
+                        "runtime.inbox.unparsed",
+                        extra={"inbox_id": raw.inbox_id, "source": raw.source, "instance": raw.instance},
+                    )
+                    inbox.fail(self.engine, raw.inbox_id, f"no connector parses source {raw.source!r}",
+                               max_attempts=1, now=self.clock())
+                    continue
+                for event in events:
+                    self.handle(event)
+            except Exception as exc:  # a bad delivery goes back for a later try, then to an operator
+                log.error(
+                    "runtime.inbox.failed",
+                    exc_info=True,
+                    extra={"inbox_id": raw.inbox_id, "source": raw.source, "error": repr(exc)},
+                )
+                inbox.fail(self.engine, raw.inbox_id, repr(exc), now=self.clock())
+                continue
+            done.append(raw.inbox_id)
+        inbox.complete(self.engine, done, now=self.clock())
+        return len(raws)
+
+    # --- timers ---------------------------------------------------------------------------------
+
+    def process_timers(self) -> int:
+        """Claim and decide a batch of due wake-ups; returns how many were claimed."""
+        claimed = self.store.claim_timers(
+            self.worker_id, now=self.clock(), limit=self.batch_size, lease=self.lease
+        )
+        for timer in claimed:
+            self.handle(self._timer(timer))
+        return len(claimed)
+
+    @staticmethod
+    def _timer(timer: ClaimedTimer) -> Timer:
+        return Timer(
+            system=timer.system, instance=timer.instance, ticket_id=timer.ticket_id, due_at=timer.due_at
+        )
+
+    # --- deciding -------------------------------------------------------------------------------
+
+    def handle(self, stimulus: Stimulus) -> Decision | None:
+        """Decide one event or timer and commit the result in one transaction; None if nothing to track."""
+        system, instance, ticket_id = stimulus.system, stimulus.instance, stimulus.ticket_id
+        for _ in range(_MAX_CONFLICTS):
+            try:
+                decision, escalation_id = self._decide_and_commit(system, instance, ticket_id, stimulus)
+            except StaleStateError:
+                log.info(
+                    "runtime.decision.conflict",
+                    extra={"system": system, "instance": instance, "ticket_id": ticket_id},
+                )
+                continue
+            if decision is not None and decision.state is not None:
+                self._announce(decision, escalation_id)
+            return decision
+        raise StaleStateError(f"escalation of {system}:{instance}:{ticket_id} kept changing")
+
+    def _decide_and_commit(
+        self, system: str, instance: str, ticket_id: str, stimulus: Stimulus
+    ) -> tuple[Decision | None, int | None]:
+        with self.store.begin() as tx:
+            current = tx.load_escalation(system, instance, ticket_id)
+            previous: EscalationState | None = current.state if current else None
+            if previous is None and isinstance(stimulus, Timer):
+                return None, None  # a timer outlived its escalation; nothing to wake
+            decision = self.decide(
+                self.policy(), previous, stimulus, self.clock(),
+                extra_criteria=self.extra_criteria, policies=self.policies,
+            )
+            if decision.state is None:
+                if current is not None:
+                    tx.set_timer(current.id, None)
+                return decision, None
+            if current is not None and decision.state is previous and not decision.actions:
+                if isinstance(stimulus, Timer):
+                    tx.set_timer(current.id, decision.wake_at)
+                return decision, current.id  # a duplicate delivery: nothing changed
+            escalation_id = tx.save_escalation(current, decision.state, self.clock())
+            tx.append_audit(escalation_id, decision.history)
+            first_seq = decision.state.action_seq - len(decision.actions) + 1
+            tx.enqueue_actions(escalation_id, decision.actions, first_seq=first_seq, now=self.clock())
+            tx.set_timer(escalation_id, decision.wake_at)
+        return decision, escalation_id
+
+    def _announce(self, decision: Decision, escalation_id: int | None) -> None:
+        state = decision.state
+        assert state is not None
+        if decision.history or decision.actions:
+            log.info(
+                "runtime.escalation.decided",
+                extra={"escalation_id": escalation_id, "ticket_id": state.ticket_id,
+                       "tier": state.tier, "actions": len(decision.actions)},
+            )
+            notify_plugins(
+                self.pm,
+                "escalation_decided",
+                system=state.system,
+                ticket_id=state.ticket_id,
+                history=[entry.model_dump(mode="json") for entry in decision.history],
+                actions=list(decision.actions),
+            )
+
+    # --- the outbox -----------------------------------------------------------------------------
+
+    def process_outbox(self) -> int:
+        """Claim and apply a batch of ready actions, most urgent first, within the write budgets.
+
+        :returns: how many were handled: applied, failed, or given back to wait briefly.
+        """
+        claimed = self.store.claim_actions(
+            self.worker_id, now=self.clock(), limit=self.batch_size, lease=self.lease
+        )
+        self._allowance = self.budget_wait
+        short: set[Account] = set()
+        held: set[Account] = set()
+        handled = 0
+        for item in claimed:
+            account = (item.action.system, item.action.instance)
+            if account in held:
+                continue  # the hold gave it back already
+            handled += 1
+            if account in short:
+                # Still ready: the next pass serves them, in urgency order, with a fresh allowance.
+                self.store.release_actions(self.worker_id, [item.id])
+                continue
+            wait = self.apply(item)
+            if wait is None:
+                continue
+            if wait <= self.budget_wait:
+                short.add(account)
+            else:
+                handled -= 1
+                held.add(account)
+                self._hold(account, wait)
+        return handled
+
+    def apply(self, item: ClaimedAction) -> float | None:
+        """Apply one claimed action under the retry policy; then done, later, or a dead letter.
+
+        :returns: None, or the seconds until the account has budget when the action went back
+            to the outbox unsent because the pass could not wait that long.
+        """
+        action = item.action
+        account = (action.system, action.instance)
+        connection = self.connections.get(account)
+        if connection is None:
+            self._dead(item, 0, f"no connection configured for {action.system}/{action.instance}")
+            return None
+        attempts = 0
+        failure: TransientError | None = None
+
+        def attempt() -> Any:
+            nonlocal attempts, failure
+            self._spend_budget(account)
+            attempts += 1
+            try:
+                result = self.pm.hook.apply_action_for_connector(action=action, connection=connection)
+            except TransientError as exc:
+                if exc.status == 429:
+                    # The budget is spent: nothing more to this account until it says so. A 503's
+                    # Retry-After is about one outage, which the retry policy already honours.
+                    self.rate_limiter.pause(*account, exc.retry_after)
+                failure = exc
+                raise
+            if result is None:
+                raise PluginError(f"no plugin applies {action.kind.value} actions to {action.system}")
+            self.rate_limiter.observe(*account, result.rate_limit)
+            return result
+
+        try:
+            result = self._retrying(attempt)
+        except _OverBudget as over:
+            if failure is not None:
+                # It failed in this pass already: it waits out its backoff like any failure.
+                self._requeue(item, attempts, failure)
+                return None
+            log.info(
+                "runtime.action.over_budget",
+                extra={"outbox_id": item.id, "key": action.key, "system": action.system,
+                       "instance": action.instance, "wait_seconds": round(over.wait, 3)},
+            )
+            self.store.release_actions(self.worker_id, [item.id])
+            return over.wait
+        except TransientError as exc:
+            self._requeue(item, attempts, exc)
+            return None
+        except (ConnectorError, PluginError) as exc:
+            # Refused, not found, bad credentials, no plugin: retrying cannot help, an operator can.
+            self._dead(item, attempts, f"{type(exc).__name__}: {exc}")
+            return None
+        self.store.mark_done(self.worker_id, [item.id], now=self.clock(), attempts=attempts)
+        log.info(
+            "runtime.action.applied",
+            extra={"outbox_id": item.id, "key": action.key, "applied": result.applied,
+                   "attempts": item.attempts + attempts},
+        )
+        notify_plugins(self.pm, "action_applied", action=action, result=result)
+        return None
+
+    def _requeue(self, item: ClaimedAction, attempts: int, exc: TransientError) -> None:
+        """Back to the outbox after a transient failure, or a dead letter after too many."""
+        total = item.attempts + attempts
+        if total >= self.retry.max_total_attempts:
+            self._dead(item, attempts, f"gave up after {total} attempts: {exc}")
+            return
+        passes = max(1, total // max(1, self.retry.attempts_per_pass))
+        at = self.clock() + requeue_delay(self.retry, passes, exc.retry_after)
+        log.warning(
+            "runtime.action.requeued",
+            extra={"outbox_id": item.id, "key": item.action.key, "attempts": total,
+                   "next_attempt_at": at.isoformat(), "error": str(exc)},
+        )
+        self.store.retry_later(self.worker_id, item.id, attempts=attempts, at=at, error=str(exc))
+
+    def _spend_budget(self, account: Account) -> None:
+        """Take a write token, sleeping for it within what is left of the pass's allowance."""
+        while True:
+            wait = self.rate_limiter.acquire(*account)
+            if wait == 0.0:
+                return
+            if wait > self._allowance:
+                raise _OverBudget(wait)
+            self._allowance -= wait
+            self.sleep(wait)
+
+    def _hold(self, account: Account, wait: float) -> int:
+        """Hold the account's pending actions until its budget returns; returns how many."""
+        now = self.clock()
+        at = now + timedelta(seconds=wait)
+        previous = self._held.get(account)
+        # The same pause seen again must give the same moment, or a later and less urgent action
+        # could become ready a microsecond before the ones held first.
+        if previous is not None and previous > now and at - previous < timedelta(milliseconds=1):
+            at = previous
+        self._held[account] = at
+        count = self.store.hold_actions(self.worker_id, *account, until=at, now=now)
+        log.warning(
+            "runtime.account.paused",
+            extra={"system": account[0], "instance": account[1], "until": at.isoformat(),
+                   "held": count},
+        )
+        return count
+
+    def _dead(self, item: ClaimedAction, attempts: int, error: str) -> None:
+        log.error(
+            "runtime.action.dead_lettered",
+            extra={"outbox_id": item.id, "key": item.action.key, "error": error},
+        )
+        self.store.dead_letter(self.worker_id, item.id, attempts=attempts, now=self.clock(), error=error)
+

@@ -1,0 +1,49 @@
+"""Bringing a store's tables up to date with the migrations shipped in ``store/migrations``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
+
+from escalier.store.database import create_store_engine
+
+__all__ = ["MIGRATIONS", "alembic_config", "current_revision", "head_revision", "upgrade"]
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def alembic_config() -> Config:
+    """An alembic configuration for the store's migrations, without an ``alembic.ini``."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def upgrade(url: str | Engine, *, revision: str = "head") -> str | None:
+    """Migrate the store at ``url`` (or on an engine) to ``revision``; returns the revision reached."""
+    engine = create_store_engine(url) if isinstance(url, str) else url
+    try:
+        config = alembic_config()
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+        return current_revision(engine)
+    finally:
+        if isinstance(url, str):
+            engine.dispose()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the store is at, None before the first migration."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str | None:
+    """The newest revision shipped."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()

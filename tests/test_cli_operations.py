@@ -1,0 +1,113 @@
+"""The operational commands: serve, db upgrade, status, dlq — run as an admin would."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+import pytest
+import requests
+
+
+def run(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "escalier", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_db_upgrade_status_and_dlq_on_a_fresh_store(tmp_path):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    upgraded = run("db", "upgrade", "--db", url)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "at revision 0001" in upgraded.stdout
+    status = run("status", "--db", url, "--json")
+    assert status.returncode == 0, status.stderr
+    counts = json.loads(status.stdout)
+    assert counts["open_by_tier"] == {} and counts["dead_letters"] == 0
+    assert counts["invariant_violations"] == 0
+    assert run("dlq", "list", "--db", url).stdout.strip() == "no dead letters"
+    refused = run("dlq", "retry", "--db", url)
+    assert refused.returncode == 2 and "--all" in refused.stderr
+    assert run("dlq", "retry", "--all", "--db", url).stdout.strip() == "queued 0 dead letters again"
+
+
+def test_the_default_store_sits_beside_the_policy(tmp_path, example_policy_path):
+    policy = tmp_path / "escalier.yaml"
+    shutil.copy(example_policy_path, policy)
+    env = {k: v for k, v in os.environ.items() if k != "ESCALIER_DB"}
+    assert run("db", "upgrade", "--policy", str(policy), env=env).returncode == 0
+    assert (tmp_path / "escalier.db").exists()
+
+
+def test_serve_refuses_to_start_without_webhook_secrets(tmp_path, example_policy_path):
+    policy = tmp_path / "escalier.yaml"
+    shutil.copy(example_policy_path, policy)
+    env = {k: v for k, v in os.environ.items() if "WEBHOOK_SECRET" not in k}
+    result = run("serve", str(policy), "--bind", f"127.0.0.1:{free_port()}", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "JIRA_WEBHOOK_SECRET is not set" in result.stderr
+    assert "ZENDESK_WEBHOOK_SECRET is not set" in result.stderr
+
+
+@pytest.mark.slow
+def test_serve_accepts_a_signed_webhook_and_stores_it(tmp_path, example_policy_path):
+    policy = tmp_path / "escalier.yaml"
+    shutil.copy(example_policy_path, policy)
+    port = free_port()
+    env = {**os.environ, "JIRA_WEBHOOK_SECRET": "jira-secret", "ZENDESK_WEBHOOK_SECRET": "zd-secret",
+           "ZENDESK_WEBHOOK_SECRET_PREVIOUS": "zd-old"}
+    env.pop("ESCALIER_DB", None)
+    server = subprocess.Popen([sys.executable, "-m", "escalier", "serve", str(policy), "--bind", f"127.0.0.1:{port}",
+                               "--workers", "1", "--threads", "2"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        # Gunicorn binds its socket before the worker has built the app, so early requests may be
+        # refused or may wait: retry on either until a deadline that a loaded machine can meet.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                pytest.fail(f"the receiver did not become ready: {server.poll()=}")
+            time.sleep(0.1)
+        body = json.dumps({"type": "zen:event-type:ticket.status_changed", "id": "evt-1",
+                           "subject": "zen:ticket:42", "time": "2026-11-23T01:00:00Z",
+                           "detail": {"id": "42", "status": "OPEN"}, "event": {}}).encode()
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # The previous secret still verifies during rotation.
+        signature = base64.b64encode(hmac.new(b"zd-old", stamp.encode() + body, hashlib.sha256).digest())
+        headers = {"Content-Type": "application/json", "X-Zendesk-Webhook-Signature": signature.decode(),
+                   "X-Zendesk-Webhook-Signature-Timestamp": stamp, "X-Zendesk-Webhook-Invocation-Id": "inv-1"}
+        first = requests.post(f"{base}/webhooks/zendesk", data=body, headers=headers, timeout=5)
+        again = requests.post(f"{base}/webhooks/zendesk", data=body, headers=headers, timeout=5)
+        assert first.status_code == 202 and first.json()["status"] == "accepted"
+        assert again.status_code == 200 and again.json()["status"] == "duplicate"
+        metrics = requests.get(f"{base}/metrics", timeout=5).text
+        assert 'escalier_webhooks_received_total{source="zendesk"}' in metrics
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=30)
+    assert server.returncode == 0
+    with sqlite3.connect(tmp_path / "escalier.db") as db:
+        rows = db.execute("SELECT source, delivery_id FROM inbox").fetchall()
+    assert rows == [("zendesk", "inv-1")]

@@ -1,0 +1,322 @@
+"""The receiver: an app factory with one blueprint per webhook source.
+
+A view checks size and content type, verifies authenticity on the raw body, parses JSON, checks
+freshness, classifies the event, stores the raw delivery durably, and only then answers 2xx.
+Bad input is a 4xx; failing to store is the only 5xx (503, so the sender retries).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+
+from escalier.core.errors import PluginError, StoreError
+from escalier.core.extensions import OwnIdentity, WebhookRejected, WebhookSpec
+from escalier.plugins import get_plugin_manager
+from escalier.store.database import create_store_engine, ensure_schema
+from escalier.store.inbox import Delivery, GroupCommitter
+from escalier.store.schema import inbox
+from escalier.webhooks import _metrics
+from escalier.webhooks.settings import ReceiverSettings
+from escalier.webhooks.verification import Rejected
+
+__all__ = ["Receiver", "create_app"]
+
+log = logging.getLogger("escalier.webhooks")
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_PRINTABLE_ID = re.compile(r"^[\x21-\x7e]{1,255}$")
+# Never stored: credentials of any kind. Timestamps stay, so a stored row can be re-verified.
+_SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-escalier-token"}
+)
+_SECRET_WORDS = ("token", "secret", "password", "api-key", "apikey")
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+@dataclass
+class Receiver:
+    """What the views share, kept in ``app.extensions["escalier"]``."""
+
+    settings: ReceiverSettings
+    specs: Mapping[str, WebhookSpec]
+    engine: Engine
+    committer: GroupCommitter
+    plugin_manager: pluggy.PluginManager
+    counters: _metrics.Counters = field(default_factory=_metrics.Counters)
+
+    def identity(self, source: str, instance: str) -> OwnIdentity:
+        """How Escalier recognises its own changes coming back from one instance."""
+        ids = self.settings.identities.get((source, instance), ())
+        return OwnIdentity(user_ids=frozenset(ids), marker=self.settings.marker)
+
+    def close(self) -> None:
+        """Stop the writer thread and close the store's connections."""
+        self.committer.close()
+        self.engine.dispose()
+
+
+def _collect_specs(pm: pluggy.PluginManager) -> dict[str, WebhookSpec]:
+    specs: dict[str, WebhookSpec] = {}
+    # pluggy answers third-party plugins before our trylast built-ins: the first name wins, so a
+    # plugin overrides a built-in endpoint by registering the same name.
+    for registered in pm.hook.register_webhooks():
+        for spec in registered or ():
+            if not _NAME.match(spec.name):
+                raise PluginError(f"webhook name {spec.name!r} is not a URL-safe lower-case name")
+            specs.setdefault(spec.name, spec)
+    return specs
+
+
+def create_app(settings: ReceiverSettings, *, plugin_manager: pluggy.PluginManager | None = None) -> Flask:
+    """The receiver app for ``settings``; endpoints come from the ``register_webhooks`` hook."""
+    pm = plugin_manager or get_plugin_manager()
+    specs = _collect_specs(pm)
+    app = Flask("escalier.webhooks", static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    engine = create_store_engine(settings.store_url)
+    if settings.create_schema:
+        ensure_schema(engine)
+    committer = GroupCommitter(
+        engine, dedupe_window=settings.dedupe_window, max_batch=settings.max_batch
+    )
+    app.extensions["escalier"] = Receiver(settings, specs, engine, committer, pm)
+
+    for name, spec in sorted(specs.items()):
+        app.register_blueprint(_blueprint(spec))
+    app.add_url_rule("/healthz", "healthz", _healthz, methods=["GET"])
+    app.add_url_rule("/readyz", "readyz", _readyz, methods=["GET"])
+    app.add_url_rule("/metrics", "metrics", _metrics_view, methods=["GET"])
+    app.before_request(_assign_request_id)
+    app.after_request(_echo_request_id)
+    app.register_error_handler(Rejected, _rejected)
+    app.register_error_handler(WebhookRejected, _rejected)
+    app.register_error_handler(StoreError, _store_failed)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
+    return app
+
+
+def _blueprint(spec: WebhookSpec) -> Blueprint:
+    blueprint = Blueprint(f"webhook_{spec.name}", __name__, url_prefix=f"/webhooks/{spec.name}")
+
+    def receive_default() -> Response:
+        return _receive(spec, "default")
+
+    def receive(instance: str) -> Response:
+        return _receive(spec, instance)
+
+    blueprint.add_url_rule("", "receive_default", receive_default, methods=["POST"])
+    blueprint.add_url_rule("/<instance>", "receive", receive, methods=["POST"])
+    return blueprint
+
+
+def _receiver() -> Receiver:
+    return current_app.extensions["escalier"]
+
+
+def _assign_request_id() -> None:
+    given = request.headers.get("X-Request-Id", "")
+    g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def _echo_request_id(response: Response) -> Response:
+    response.headers["X-Request-Id"] = g.get("request_id") or uuid.uuid4().hex
+    return response
+
+
+def _error(status: int, code: str, reason: str) -> Response:
+    response = jsonify(error=code, reason=reason)
+    response.status_code = status
+    return response
+
+
+def _kept_headers(spec: WebhookSpec) -> dict[str, str]:
+    kept = {}
+    for name, value in request.headers.items():
+        lower = name.lower()
+        if (
+            lower in _SECRET_HEADERS
+            or lower.endswith("signature")
+            or lower.startswith("x-hub-signature")
+            or any(word in lower for word in _SECRET_WORDS)
+        ):
+            continue
+        kept[name] = value
+    return kept
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad UTF-8 and JSON; RecursionError very deep nesting.
+        raise Rejected("malformed_json", "the body is not valid JSON", status=400) from exc
+    if not isinstance(payload, dict):
+        raise Rejected("malformed_json", "the body is not a JSON object", status=400)
+    return payload
+
+
+def _receive(spec: WebhookSpec, instance: str) -> Response:
+    receiver = _receiver()
+    settings = receiver.settings
+    source = spec.name
+    g.source = source
+    receiver.counters.inc("escalier_webhooks_received_total", source=source)
+    secrets = settings.secrets.get((source, instance))
+    if not secrets:
+        raise Rejected(
+            "unknown_instance", f"no {source} instance named {instance[:64]!r} is configured", status=404
+        )
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        raise Rejected("body_too_large", "the body is larger than the limit", status=413)
+    if request.mimetype not in spec.content_types:
+        raise Rejected(
+            "unsupported_media_type",
+            f"the body must be sent as {' or '.join(spec.content_types)}",
+            status=415,
+        )
+    body = request.get_data(cache=False)
+    if len(body) > settings.max_body_bytes:
+        raise Rejected("body_too_large", "the body is larger than the limit", status=413)
+    now = settings.clock()
+    signed = spec.verify(request.headers, body, secrets, now)
+    if signed is not None and abs(now - signed) > settings.replay_tolerance:
+        raise Rejected(
+            "replayed", "the signed timestamp is outside the replay tolerance (stale or replayed)"
+        )
+    payload = _parse(body)
+    sent = spec.sent_at(request.headers, payload) if spec.sent_at else None
+    # Jira signs no timestamp and retries for about 30 minutes: its payload's own timestamp gets
+    # the wider window, and the delivery id catches a replay inside it.
+    if sent is not None and abs(now - sent) > settings.payload_max_age:
+        raise Rejected(
+            "replayed", "the payload's timestamp is outside the replay window (stale or replayed)"
+        )
+    delivery_id = spec.delivery_id(request.headers, payload)
+    if delivery_id is not None and not _PRINTABLE_ID.match(delivery_id):
+        raise Rejected(
+            "bad_delivery_id", "the delivery id must be 1 to 255 printable characters", status=400
+        )
+    event_type = spec.event_type(request.headers, payload)
+    state, error = "pending", None
+    if not spec.handles(event_type):
+        state, error = "ignored", "unhandled-event"
+    elif spec.is_own_change and spec.is_own_change(payload, receiver.identity(source, instance)):
+        state, error = "ignored", "own-change"
+    delivery = Delivery(
+        source=source,
+        instance=instance,
+        body=body,
+        headers=_kept_headers(spec),
+        received_at=now,
+        delivery_id=delivery_id,
+        event_type=event_type[:255] if event_type else None,
+        state=state,
+        error=error,
+        # An earlier copy of this body was accepted no earlier than its own timestamp allowed.
+        body_seen_since=sent - settings.payload_max_age if sent is not None else None,
+    )
+    outcome = receiver.committer.accept(delivery)
+    context = {
+        "request_id": g.request_id,
+        "source": source,
+        "instance": instance,
+        "delivery_id": delivery_id,
+        "event_type": delivery.event_type,
+    }
+    if outcome.status == "duplicate":
+        receiver.counters.inc("escalier_webhooks_duplicates_total", source=source)
+        log.info("webhook.duplicate", extra={**context, "duplicate_of": outcome.duplicate_of})
+        return _status(200, status="duplicate")
+    if state == "ignored":
+        receiver.counters.inc("escalier_webhooks_ignored_total", source=source)
+        if error == "own-change":
+            receiver.counters.inc("escalier_webhooks_own_changes_total", source=source)
+        log.info("webhook.ignored", extra={**context, "reason": error, "inbox_id": outcome.id})
+        return _status(202, status="ignored", reason=error, id=outcome.id)
+    log.info("webhook.accepted", extra={**context, "inbox_id": outcome.id})
+    return _status(202, status="accepted", id=outcome.id)
+
+
+def _status(code: int, **fields: Any) -> Response:
+    # jsonify's provider machinery is a measurable share of a request this cheap.
+    return Response(json.dumps(fields), status=code, mimetype="application/json")
+
+
+def _rejected(exc: Rejected | WebhookRejected) -> Response:
+    # A connector's verifier raises Rejected; WebhookRejected is the same contract from core.
+    source = g.get("source", "unknown")
+    receiver = _receiver()
+    receiver.counters.inc("escalier_webhooks_rejected_total", source=source, reason=exc.code)
+    log.warning(
+        "webhook.rejected",
+        extra={"request_id": g.get("request_id"), "source": source, "reason": exc.code,
+               "status": exc.status},
+    )
+    return _error(exc.status, exc.code, exc.reason)
+
+
+def _store_failed(exc: StoreError) -> Response:
+    log.error(
+        "webhook.store_failed",
+        extra={"request_id": g.get("request_id"), "source": g.get("source"), "error": str(exc)},
+    )
+    response = _error(503, "store_unavailable", "the delivery could not be stored; retry later")
+    response.headers["Retry-After"] = "5"
+    return response
+
+
+def _http_error(exc: HTTPException) -> Response:
+    code = _HTTP_CODES.get(exc.code or 500, "http_error")
+    if g.get("source") and code in ("body_too_large", "bad_request"):
+        _receiver().counters.inc("escalier_webhooks_rejected_total", source=g.source, reason=code)
+    response = _error(exc.code or 500, code, exc.description or exc.name)
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def _unexpected(exc: Exception) -> Response:
+    log.exception("webhook.internal_error", extra={"request_id": g.get("request_id")})
+    return _error(500, "internal_error", "an unexpected error occurred")
+
+
+def _healthz() -> Response:
+    return jsonify(status="alive")
+
+
+def _readyz() -> Response:
+    try:
+        with _receiver().engine.connect() as conn:
+            conn.execute(select(inbox.c.id).limit(1)).all()
+    except SQLAlchemyError:
+        return _error(503, "store_unavailable", "the store cannot be reached")
+    return jsonify(status="ready")
+
+
+def _metrics_view() -> Response:
+    receiver = _receiver()
+    text = _metrics.render(
+        receiver.counters, receiver.engine, receiver.settings.clock(), sorted(receiver.specs)
+    )
+    return Response(text, mimetype="text/plain", headers={"Content-Type": "text/plain; version=0.0.4"})

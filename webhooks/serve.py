@@ -1,0 +1,100 @@
+"""Running the receiver under gunicorn, programmatically; the Flask dev server is never used.
+
+Settings for a 2-core host: 2 worker processes (one per core; each has its own inbox writer
+thread, and SQLite serialises their commits anyway) with 8 threads each (requests spend most of
+their time waiting for the group commit, not on the CPU), gthread workers so a slow client holds a
+thread and not a process, a 30 s timeout, 5 s keep-alive for senders that reuse connections.
+The access log is built only when one is asked for (gunicorn would otherwise format every
+request's log fields because a logging config is given, and then drop them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from escalier.webhooks._logging import ReceiverLogger, logconfig
+from escalier.webhooks.settings import ReceiverSettings
+
+__all__ = ["GunicornServer", "gunicorn_options", "run_receiver"]
+
+
+class GunicornServer(BaseApplication):
+    """Gunicorn with options from a dict and the app from a factory, called in each worker."""
+
+    def __init__(self, factory: Callable[[], Flask], options: dict[str, Any]) -> None:
+        self.factory = factory
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        """Copy our options into gunicorn's settings."""
+        for key, value in self.options.items():
+            if key in self.cfg.settings and value is not None:
+                self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        """Build the app; without preload this runs after the fork, in each worker."""
+        return self.factory()
+
+
+def gunicorn_options(
+    *,
+    bind: str = "127.0.0.1:8080",
+    workers: int = 2,
+    threads: int = 8,
+    timeout: int = 30,
+    keepalive: int = 5,
+    backlog: int = 2048,
+    access_log: bool = False,
+    log_level: str = "info",
+) -> dict[str, Any]:
+    """The gunicorn settings the receiver runs with (gthread workers, JSON logs)."""
+    return {
+        "bind": bind,
+        "workers": workers,
+        "threads": threads,
+        "worker_class": "gthread",
+        "timeout": timeout,
+        "graceful_timeout": timeout,
+        "keepalive": keepalive,
+        "backlog": backlog,
+        # The app (engine, writer thread) is built in each worker, never shared across a fork.
+        "preload_app": False,
+        "accesslog": "-" if access_log else None,
+        "loglevel": log_level,
+        "logconfig_dict": logconfig(log_level),
+        "logger_class": ReceiverLogger,
+        "proc_name": "escalier-receiver",
+    }
+
+
+def run_receiver(
+    settings: ReceiverSettings,
+    *,
+    bind: str = "127.0.0.1:8080",
+    workers: int = 2,
+    threads: int = 8,
+    timeout: int = 30,
+    keepalive: int = 5,
+    access_log: bool = False,
+    log_level: str = "info",
+    plugin_manager: pluggy.PluginManager | None = None,
+) -> None:
+    """Serve the receiver for ``settings`` under gunicorn until it is stopped."""
+    from escalier.webhooks.app import create_app
+
+    options = gunicorn_options(
+        bind=bind,
+        workers=workers,
+        threads=threads,
+        timeout=timeout,
+        keepalive=keepalive,
+        access_log=access_log,
+        log_level=log_level,
+    )
+    GunicornServer(lambda: create_app(settings, plugin_manager=plugin_manager), options).run()

@@ -1,0 +1,121 @@
+"""What the receiver needs to know, read once at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from types import MappingProxyType
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from escalier.core.errors import ConfigError, ConfigProblem
+
+__all__ = ["DEFAULT_MARKER", "ReceiverSettings"]
+
+DEFAULT_MARKER = "[escalier]"
+Key = tuple[str, str]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _frozen(mapping: Mapping[Key, Any]) -> Mapping[Key, tuple[str, ...]]:
+    return MappingProxyType({key: tuple(str(v) for v in values) for key, values in mapping.items()})
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    """The receiver's settings; ``secrets`` and ``identities`` are keyed by (connector, instance).
+
+    ``secrets`` hold the current secret first and, during rotation, the previous one; both verify.
+    An endpoint exists for a (connector, instance) only if it has at least one secret.
+    ``identities`` are Escalier's own accounts upstream (a Jira accountId or username, a Zendesk
+    user id), whose changes are stored as ignored so Escalier never reacts to itself.
+    ``replay_tolerance`` bounds a signed timestamp (Zendesk's); ``payload_max_age`` bounds the
+    unsigned time a payload claims (Jira's, which retries for about 30 minutes).
+    """
+
+    store_url: str
+    secrets: Mapping[Key, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    identities: Mapping[Key, tuple[str, ...]] = field(default_factory=dict)
+    marker: str = DEFAULT_MARKER
+    max_body_bytes: int = 1024 * 1024
+    replay_tolerance: timedelta = timedelta(minutes=5)
+    payload_max_age: timedelta = timedelta(minutes=60)
+    # Jira signs no timestamp: a replayed body must be recognised for as long as its payload's
+    # own timestamp is accepted, so this window is never shorter than payload_max_age.
+    dedupe_window: timedelta = timedelta(minutes=60)
+    max_batch: int = 256
+    create_schema: bool = False
+    clock: Callable[[], datetime] = field(default=_utcnow, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.dedupe_window < self.payload_max_age:
+            raise ValueError(
+                "dedupe_window must be at least payload_max_age, or a replayed Jira body "
+                "would be accepted again after the window"
+            )
+        object.__setattr__(self, "secrets", _frozen(self.secrets))
+        object.__setattr__(self, "identities", _frozen(self.identities))
+
+    @classmethod
+    def from_policy(
+        cls, policy: Any, environ: Mapping[str, str], store_url: str, **options: Any
+    ) -> ReceiverSettings:
+        """Settings from a policy's ``connectors`` section, with secrets read from ``environ``.
+
+        ``options`` set the other fields (windows, limits).
+
+        :raises ConfigError: a connector section is invalid or a secret's variable is unset;
+            every problem is reported together.
+        """
+        from escalier.connectors.jira.config import JiraConfig
+        from escalier.connectors.zendesk.config import ZendeskConfig
+
+        models: dict[str, tuple[type[BaseModel], str]] = {
+            "jira": (JiraConfig, "service_account"),
+            "zendesk": (ZendeskConfig, "service_user_id"),
+        }
+        source = getattr(policy, "source", "<policy>")
+        problems: list[ConfigProblem] = []
+        secrets: dict[Key, tuple[str, ...]] = {}
+        identities: dict[Key, tuple[str, ...]] = {}
+        for name, section in (policy.connectors or {}).items():
+            if name not in models:
+                continue
+            model, identity_field = models[name]
+            try:
+                config = model.model_validate(section)
+            except ValidationError as exc:
+                for error in exc.errors():
+                    path = ".".join(str(part) for part in ("connectors", name, *error["loc"]))
+                    problems.append(ConfigProblem(source, None, path, error["msg"]))
+                continue
+            sites = {"default": config, **config.instances}
+            for instance, site in sites.items():
+                revealed = []
+                for index, ref in enumerate(site.webhook_secrets):
+                    try:
+                        revealed.append(ref.reveal(environ))
+                    except KeyError:
+                        where = "" if instance == "default" else f".instances.{instance}"
+                        problems.append(
+                            ConfigProblem(
+                                source,
+                                None,
+                                f"connectors.{name}{where}.webhook_secrets[{index}]",
+                                f"the environment variable {ref.env} is not set",
+                                hint="export it before starting the receiver",
+                            )
+                        )
+                if revealed:
+                    secrets[(name, instance)] = tuple(revealed)
+                identity = getattr(site, identity_field)
+                if identity is not None:
+                    identities[(name, instance)] = (str(identity),)
+        if problems:
+            raise ConfigError(problems)
+        return cls(store_url=store_url, secrets=secrets, identities=identities, **options)
