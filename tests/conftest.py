@@ -20,3 +20,4 @@ def example_policy_path() -> Path:
 def policies_dir() -> Path:
     """The test suite's own policy files."""
     return POLICIES
+

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pluggy
 import pytest
-from runtime_support import DESK, POSTGRES_URL, START
-from sqlalchemy import create_engine, text
+from postgres_support import postgres_schema_url
+from runtime_support import DESK, START
 
 from escalier.core.config import load_policy
 from escalier.core.engine import decide
@@ -88,34 +87,9 @@ def make_worker(
         connection.close()
 
 
-def postgres_reachable(url: str) -> str | None:
-    """None if PostgreSQL answers at ``url``, else why not."""
-    try:
-        engine = create_engine(url, connect_args={"connect_timeout": 3})
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        engine.dispose()
-        return None
-    except Exception as exc:  # any failure to connect means: skip, and say why
-        return f"PostgreSQL unreachable at {url}: {type(exc).__name__}"
-
-
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, migrated schema on the test PostgreSQL server, dropped afterwards."""
-    reason = postgres_reachable(POSTGRES_URL)
-    if reason:
-        pytest.skip(reason)
-    schema = f"escalier_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in POSTGRES_URL else "?"
-    url = f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
-    upgrade(url)
-    try:
+    for url in postgres_schema_url():
+        upgrade(url)
         yield url
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
