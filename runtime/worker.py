@@ -8,6 +8,12 @@ One pass (:meth:`Worker.run_once`) does three things:
    under the retry policy of :mod:`escalier.runtime.retry` and within the upstream account's write
    budget (:mod:`escalier.runtime.ratelimit`).
 
+:meth:`Worker.run` does the same work in two threads: one decides (deliveries, then due timers),
+the other applies the outbox, so that a breach is never decided late because upstream calls were
+in the way. Each ticket's actions still go out in order (the outbox hands out a ticket's next
+action only once the one before is done), and only the applier thread touches the connections.
+:meth:`Worker.run_once`, and ``run(once=True)``, stay in one thread for deterministic tests.
+
 A decision is committed in one transaction: the new state (optimistic ``version``), its audit rows,
 its outbox rows and its next timer. Upstream writes happen only after that commit, from the outbox,
 so a crash anywhere loses nothing; a connection checks an action's key before writing it, so an
@@ -58,6 +64,10 @@ _MAX_CONFLICTS = 20
 
 Account = tuple[str, str]
 
+# While the deciding thread has work in hand, the applier thread waits before each action, but no
+# longer than this: decisions go first without starving the outbox under a constant stream.
+_DECISIONS_FIRST = 0.1
+
 
 class _OverBudget(Exception):
     """The account has no write budget for longer than the pass may still wait."""
@@ -89,6 +99,64 @@ class Pass:
     def total(self) -> int:
         """Everything handled in the pass."""
         return self.deliveries + self.timers + self.actions
+
+
+class _Turns:
+    """Decisions first: the applier thread lets a pass of the deciding thread finish before it acts.
+
+    Both threads share one interpreter lock; an applier busy with HTTP would otherwise slow every
+    database call of a decision, and take SQLite's single write lock between two decisions.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._deciding = False
+
+    def deciding(self, busy: bool) -> None:
+        """The deciding thread starts (True) or ends (False) a pass."""
+        with self._changed:
+            self._deciding = busy
+            if not busy:
+                self._changed.notify_all()
+
+    def wait(self, timeout: float) -> None:
+        """The applier's turn: when no pass is in hand, or after ``timeout`` seconds regardless."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._deciding, timeout)
+
+
+class _Applier(threading.Thread):
+    """The outbox's thread inside :meth:`Worker.run`: applies actions while the caller decides."""
+
+    def __init__(self, worker: Worker, stop: threading.Event, idle_wait: float):
+        super().__init__(name=f"escalier-outbox-{worker.worker_id}", daemon=True)
+        self.worker = worker
+        self.stop = stop
+        self.idle_wait = idle_wait
+        self.wake = threading.Event()
+        self.finished = threading.Event()
+        self.turns = _Turns()
+        self.actions = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.actions = self.worker._apply_until_stopped(
+                self.stop, self.finished, self.wake, self.idle_wait
+            )
+        except BaseException as exc:  # raised again in the deciding thread; never a silent death
+            log.error(
+                "runtime.outbox.failed",
+                exc_info=True,
+                extra={"worker_id": self.worker.worker_id, "error": repr(exc)},
+            )
+            self.error = exc
+
+    def finish(self) -> None:
+        """Stop after the batch in hand, and wait for it."""
+        self.finished.set()
+        self.wake.set()
+        self.join()
 
 
 class Worker:
@@ -131,6 +199,12 @@ class Worker:
         self._retrying = build_retrying(retry, sleep=sleep)
         self._allowance = budget_wait
         self._held: dict[Account, datetime] = {}
+        # Set while run() has an applier thread: told when a decision queues actions, and asked
+        # for its turn before each action.
+        self._outbox_wake: threading.Event | None = None
+        self._turns: _Turns | None = None
+        # Plugins hear from both of run()'s threads, one notification at a time.
+        self._notify_lock = threading.Lock()
 
     @property
     def engine(self) -> Engine:
@@ -163,33 +237,100 @@ class Worker:
         once: bool = False,
         idle_wait: float = 0.5,
     ) -> Pass:
-        """Pass after pass until ``stop`` is set; with ``once``, until a pass finds nothing to do."""
+        """Work until ``stop`` is set; with ``once``, pass after pass until one finds nothing to do.
+
+        Without ``once`` the outbox has its own thread, so that no decision waits behind upstream
+        calls: this thread decides (deliveries, then due timers) and the applier thread applies the
+        committed actions. Idle, this thread sleeps until the next timer is due, at most
+        ``idle_wait`` seconds (deliveries are looked for at least that often); the applier until
+        an action is committed or its retry comes due, as long at most. Both stop when ``stop`` is
+        set, each after the batch in hand. An exception in either thread stops both and is raised
+        here, the applier's at most ``idle_wait`` seconds after it happened.
+        """
         stop = stop or threading.Event()
-        deliveries = timers = actions = 0
         log.info("runtime.worker.started", extra={"worker_id": self.worker_id})
+        done = self._run_passes(stop) if once else self._run_threads(stop, idle_wait)
+        log.info(
+            "runtime.worker.stopped",
+            extra={"worker_id": self.worker_id, "deliveries": done.deliveries,
+                   "timers": done.timers, "actions": done.actions},
+        )
+        return done
+
+    def _run_passes(self, stop: threading.Event) -> Pass:
+        deliveries = timers = actions = 0
         while not stop.is_set():
             done = self.run_once()
             deliveries, timers, actions = (
                 deliveries + done.deliveries, timers + done.timers, actions + done.actions
             )
             if not done.total:
-                if once:
-                    break
-                stop.wait(idle_wait)
-        log.info(
-            "runtime.worker.stopped",
-            extra={"worker_id": self.worker_id, "deliveries": deliveries, "timers": timers,
-                   "actions": actions},
-        )
+                break
         return Pass(deliveries, timers, actions)
+
+    def _run_threads(self, stop: threading.Event, idle_wait: float) -> Pass:
+        applier = _Applier(self, stop, idle_wait)
+        self._outbox_wake, self._turns = applier.wake, applier.turns
+        applier.start()
+        deliveries = timers = 0
+        try:
+            while not stop.is_set() and applier.error is None:
+                began = self.clock()
+                applier.turns.deciding(True)
+                try:
+                    found = self.process_inbox()
+                    deliveries += found
+                    claimed = self.process_timers()
+                    timers += claimed
+                finally:
+                    applier.turns.deciding(False)
+                if not (found or claimed):
+                    stop.wait(self._until_next_timer(began, idle_wait))
+        finally:
+            applier.finish()
+            self._outbox_wake = self._turns = None
+        if applier.error is not None:
+            raise applier.error
+        return Pass(deliveries, timers, applier.actions)
+
+    def _until_next_timer(self, after: datetime, idle_wait: float) -> float:
+        """Seconds to the first timer due after ``after`` (the sweep's time), up to ``idle_wait``.
+
+        A timer due before then that the sweep did not claim is leased to another worker, or
+        outlived its escalation: it is looked at again in ``idle_wait``, as before.
+        """
+        due = self.store.next_timer_due(after=after)
+        if due is None:
+            return idle_wait
+        return min(idle_wait, max(0.0, (due - self.clock()).total_seconds()))
+
+    def _apply_until_stopped(self, stop: threading.Event, finished: threading.Event,
+                             wake: threading.Event, idle_wait: float) -> int:
+        """The applier thread's loop: batches of ready actions until stopped; returns how many."""
+        actions = 0
+        while not (stop.is_set() or finished.is_set()):
+            wake.clear()  # before looking, so that actions committed meanwhile wake the wait below
+            began = self.clock()
+            handled = self.process_outbox()
+            actions += handled
+            if handled:
+                continue
+            wait = idle_wait
+            later = self.store.next_action_ready(after=began)
+            if later is not None:
+                wait = min(idle_wait, max(0.0, (later - self.clock()).total_seconds()))
+            wake.wait(wait)
+        return actions
 
     # --- deliveries -----------------------------------------------------------------------------
 
     def process_inbox(self) -> int:
         """Claim, parse and decide a batch of stored deliveries; returns how many were claimed."""
-        raws = inbox.claim(
-            self.engine, self.worker_id, limit=self.batch_size, lease=self.lease, now=self.clock()
-        )
+        with self.store.writing():
+            raws = inbox.claim(
+                self.engine, self.worker_id, limit=self.batch_size, lease=self.lease,
+                now=self.clock(),
+            )
         done: list[int] = []
         for raw in raws:
             assert raw.inbox_id is not None
@@ -200,8 +341,10 @@ class Worker:
                         "runtime.inbox.unparsed",
                         extra={"inbox_id": raw.inbox_id, "source": raw.source, "instance": raw.instance},
                     )
-                    inbox.fail(self.engine, raw.inbox_id, f"no connector parses source {raw.source!r}",
-                               max_attempts=1, now=self.clock())
+                    with self.store.writing():
+                        inbox.fail(self.engine, raw.inbox_id,
+                                   f"no connector parses source {raw.source!r}", max_attempts=1,
+                                   now=self.clock())
                     continue
                 for event in events:
                     self.handle(event)
@@ -211,10 +354,12 @@ class Worker:
                     exc_info=True,
                     extra={"inbox_id": raw.inbox_id, "source": raw.source, "error": repr(exc)},
                 )
-                inbox.fail(self.engine, raw.inbox_id, repr(exc), now=self.clock())
+                with self.store.writing():
+                    inbox.fail(self.engine, raw.inbox_id, repr(exc), now=self.clock())
                 continue
             done.append(raw.inbox_id)
-        inbox.complete(self.engine, done, now=self.clock())
+        with self.store.writing():
+            inbox.complete(self.engine, done, now=self.clock())
         return len(raws)
 
     # --- timers ---------------------------------------------------------------------------------
@@ -248,6 +393,8 @@ class Worker:
                     extra={"system": system, "instance": instance, "ticket_id": ticket_id},
                 )
                 continue
+            if decision is not None and decision.actions and self._outbox_wake is not None:
+                self._outbox_wake.set()
             if decision is not None and decision.state is not None:
                 self._announce(decision, escalation_id)
             return decision
@@ -289,14 +436,18 @@ class Worker:
                 extra={"escalation_id": escalation_id, "ticket_id": state.ticket_id,
                        "tier": state.tier, "actions": len(decision.actions)},
             )
-            notify_plugins(
-                self.pm,
-                "escalation_decided",
-                system=state.system,
-                ticket_id=state.ticket_id,
-                history=[entry.model_dump(mode="json") for entry in decision.history],
-                actions=list(decision.actions),
-            )
+            if not self.pm.hook.escalation_decided.get_hookimpls():
+                return
+            history = [entry.model_dump(mode="json") for entry in decision.history]
+            with self._notify_lock:
+                notify_plugins(
+                    self.pm,
+                    "escalation_decided",
+                    system=state.system,
+                    ticket_id=state.ticket_id,
+                    history=history,
+                    actions=list(decision.actions),
+                )
 
     # --- the outbox -----------------------------------------------------------------------------
 
@@ -317,6 +468,8 @@ class Worker:
             if account in held:
                 continue  # the hold gave it back already
             handled += 1
+            if self._turns is not None and account not in short:
+                self._turns.wait(_DECISIONS_FIRST)
             if account in short:
                 # Still ready: the next pass serves them, in urgency order, with a fresh allowance.
                 self.store.release_actions(self.worker_id, [item.id])
@@ -392,7 +545,8 @@ class Worker:
             extra={"outbox_id": item.id, "key": action.key, "applied": result.applied,
                    "attempts": item.attempts + attempts},
         )
-        notify_plugins(self.pm, "action_applied", action=action, result=result)
+        with self._notify_lock:
+            notify_plugins(self.pm, "action_applied", action=action, result=result)
         return None
 
     def _requeue(self, item: ClaimedAction, attempts: int, exc: TransientError) -> None:

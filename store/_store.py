@@ -8,18 +8,43 @@ again once the lease has run out, or at once by the same worker id (a restarted 
 what it held when it died). Worker ids must therefore be unique among live processes. Each claim is
 a single ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING`` so that concurrent
 workers on PostgreSQL never wait on one another and SQLite never upgrades a read lock.
+
+A decision is the hot path (a worker makes hundreds a second): its statements are built once per
+store, and on SQLite they run on the driver's own cursor inside the SQLAlchemy transaction,
+bound as SQLAlchemy would bind them. Threads sharing a store take turns to write to SQLite
+(:meth:`Store.writing`) instead of meeting in SQLite's busy handler.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ContextManager
 
-from sqlalchemy import Connection, Engine, delete, exists, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Engine,
+    Integer,
+    Text,
+    bindparam,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import aliased
 
 from escalier.core.errors import StoreError
@@ -101,24 +126,257 @@ class DeadLetter:
     retried_at: datetime | None
 
 
+def _json_in(name: str, postgres: bool) -> Any:
+    """A bind for a JSON column that takes text already serialised (pydantic's ``model_dump_json``).
+
+    Serialising in pydantic's core is several times faster than ``model_dump`` plus ``json.dumps``.
+    SQLite keeps JSON as text; PostgreSQL is told the text is JSON.
+    """
+    if postgres:
+        return cast(bindparam(name, type_=Text), JSON)
+    return type_coerce(bindparam(name), Text)
+
+
+class _Statements:
+    """The statements of the hot paths, built once per store.
+
+    Building a statement and deriving its cache key costs more than executing it once it is
+    compiled; built once, with bind parameters, SQLAlchemy compiles each a single time and a
+    decision pays only for binding and executing.
+    """
+
+    def __init__(self, dialect: Dialect):
+        postgres = dialect.name == "postgresql"
+        self.sqlite = dialect.name == "sqlite"
+        if self.sqlite:
+            self.driver = _SqliteDecisions(dialect)
+        c = escalations.c
+        self.load = select(c.id, c.version, cast(c.state, Text).label("state")).where(
+            c.system == bindparam("system"),
+            c.instance == bindparam("instance"),
+            c.ticket_id == bindparam("ticket_id"),
+        )
+        columns = dict(
+            tier=bindparam("tier", type_=c.tier.type),
+            status=bindparam("status", type_=c.status.type),
+            policy_version=bindparam("policy_version", type_=c.policy_version.type),
+            state=_json_in("state", postgres),
+            updated_at=bindparam("updated_at", type_=c.updated_at.type),
+            wake_at=bindparam("wake_at", type_=c.wake_at.type),
+        )
+        self.create = insert(escalations).values(
+            system=bindparam("system", type_=c.system.type),
+            instance=bindparam("instance", type_=c.instance.type),
+            ticket_id=bindparam("ticket_id", type_=c.ticket_id.type),
+            opened_at=bindparam("opened_at", type_=c.opened_at.type),
+            version=1,
+            **columns,
+        )
+        self.save = (
+            update(escalations)
+            .where(c.id == bindparam("b_id"), c.version == bindparam("b_version"))
+            .values(version=c.version + 1, **columns)
+        )
+        self.audit = insert(audit)
+        o = outbox.c
+        self.enqueue = insert(outbox).values(
+            idempotency_key=bindparam("idempotency_key", type_=o.idempotency_key.type),
+            escalation_id=bindparam("escalation_id", type_=o.escalation_id.type),
+            system=bindparam("system", type_=o.system.type),
+            instance=bindparam("instance", type_=o.instance.type),
+            ticket_id=bindparam("ticket_id", type_=o.ticket_id.type),
+            seq=bindparam("seq", type_=o.seq.type),
+            urgency=bindparam("urgency", type_=o.urgency.type),
+            action=_json_in("action", postgres),
+            state="pending",
+            attempts=0,
+            next_attempt_at=bindparam("now", type_=o.next_attempt_at.type),
+            created_at=bindparam("now", type_=o.created_at.type),
+        )
+        t = timers.c
+        self.clear_timer = delete(timers).where(t.escalation_id == bindparam("escalation_id"))
+        # One statement whether or not the escalation has a timer yet: replace it, drop its claim.
+        upsert = (postgresql.insert if postgres else sqlite.insert)(timers).values(
+            escalation_id=bindparam("escalation_id", type_=t.escalation_id.type),
+            due_at=bindparam("due_at", type_=t.due_at.type),
+        )
+        self.set_timer = upsert.on_conflict_do_update(
+            index_elements=[t.escalation_id],
+            set_=dict(due_at=upsert.excluded.due_at, claimed_by=None, claimed_until=None),
+        )
+
+        worker = bindparam("worker_id", type_=t.claimed_by.type)
+        now = bindparam("now", type_=t.due_at.type)
+        until = bindparam("until", type_=t.claimed_until.type)
+        limit = bindparam("limit", type_=Integer)
+        due = (
+            select(t.escalation_id)
+            .where(t.due_at <= now, _claimable(timers, worker, now))
+            .order_by(t.due_at)
+            .limit(limit)
+        )
+        if postgres:
+            due = due.with_for_update(skip_locked=True)
+        self.claim_timers = (
+            update(timers)
+            .where(t.escalation_id.in_(due.scalar_subquery()))
+            .values(claimed_by=worker, claimed_until=until)
+            .returning(t.escalation_id, t.due_at)
+        )
+        self.names = select(c.id, c.system, c.instance, c.ticket_id).where(
+            c.id.in_(bindparam("ids", expanding=True))
+        )
+        self.next_timer = select(func.min(t.due_at)).where(
+            t.due_at > bindparam("after", type_=t.due_at.type)
+        )
+
+        earlier = aliased(outbox)
+        o_now = bindparam("now", type_=o.next_attempt_at.type)
+        o_worker = bindparam("worker_id", type_=o.claimed_by.type)
+        ready = (
+            select(o.id)
+            .where(
+                o.state == "pending",
+                o.next_attempt_at <= o_now,
+                _claimable(outbox, o_worker, o_now),
+                ~exists().where(
+                    earlier.c.escalation_id == o.escalation_id,
+                    earlier.c.state == "pending",
+                    earlier.c.seq < o.seq,
+                ),
+            )
+            .order_by(o.urgency.desc(), o.created_at, o.id)
+            .limit(limit)
+        )
+        if postgres:
+            ready = ready.with_for_update(skip_locked=True, of=outbox)
+        self.claim_actions = (
+            update(outbox)
+            .where(o.id.in_(ready.scalar_subquery()))
+            .values(
+                claimed_by=o_worker, claimed_until=bindparam("until", type_=o.claimed_until.type)
+            )
+            .returning(
+                o.id, o.escalation_id, o.seq, o.urgency, o.attempts,
+                cast(o.action, Text).label("action"),
+            )
+        )
+        self.mark_done = (
+            update(outbox)
+            .where(o.id.in_(bindparam("ids", expanding=True)), o.state == "pending")
+            .values(
+                state="done", applied_at=bindparam("now", type_=o.applied_at.type),
+                attempts=o.attempts + bindparam("attempts", type_=Integer),
+                claimed_by=None, claimed_until=None,
+            )
+        )
+        self.next_action = select(func.min(o.next_attempt_at)).where(
+            o.state == "pending",
+            o.next_attempt_at > bindparam("after", type_=o.next_attempt_at.type),
+        )
+
+
+class _SqliteDecisions:
+    """A decision's statements as SQLite SQL, for the driver's cursor.
+
+    The values are bound exactly as SQLAlchemy binds them for these tables: the times through
+    the columns' own bind processors (so they compare as the rest of the store writes them), JSON
+    as text. The columns are all the NOT NULL ones of :mod:`escalier.store.schema`, with the
+    values its defaults would give; ``tests/store`` checks that rows read back alike either way.
+    """
+
+    load = (
+        "SELECT id, version, CAST(state AS TEXT) FROM escalations"
+        " WHERE system = ? AND instance = ? AND ticket_id = ?"
+    )
+    save = (
+        "UPDATE escalations SET version = version + 1, tier = ?, status = ?, policy_version = ?,"
+        " state = ?, updated_at = ?, wake_at = ? WHERE id = ? AND version = ?"
+    )
+    audit = (
+        "INSERT INTO audit (escalation_id, at, kind, from_tier, to_tier, reason, criteria, actor,"
+        " policy_version, event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    enqueue = (
+        "INSERT INTO outbox (idempotency_key, escalation_id, system, instance, ticket_id, seq,"
+        " urgency, action, state, attempts, next_attempt_at, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)"
+    )
+    set_timer = (
+        "INSERT INTO timers (escalation_id, due_at) VALUES (?, ?) ON CONFLICT (escalation_id)"
+        " DO UPDATE SET due_at = excluded.due_at, claimed_by = NULL, claimed_until = NULL"
+    )
+    clear_timer = "DELETE FROM timers WHERE escalation_id = ?"
+
+    def __init__(self, dialect: Dialect):
+        def processor(column: Any) -> Any:
+            process = column.type.dialect_impl(dialect).bind_processor(dialect)
+            return process or (lambda value: value)
+
+        self.time = processor(escalations.c.updated_at)
+        self.criteria = processor(audit.c.criteria)
+        self._dialect = dialect
+        self._error = dialect.loaded_dbapi.Error
+
+    def execute(self, driver: Any, sql: str, params: Any, *, many: bool = False) -> Any:
+        """Run ``sql`` on the driver's connection; its errors raised as SQLAlchemy's, as ever."""
+        try:
+            return driver.executemany(sql, params) if many else driver.execute(sql, params)
+        except self._error as exc:
+            raise DBAPIError.instance(
+                sql, params, exc, self._error, dialect=self._dialect, ismulti=many
+            ) from exc
+
+
+# SQLite has one writer at a time. Threads of one process that share an engine take turns on this
+# lock before they ask SQLite, so the write lock passes between them at once instead of through
+# SQLite's busy handler, which polls with sleeps of up to 100 ms. Other processes still meet the
+# busy handler. PostgreSQL locks rows, and needs nothing of the kind.
+_write_locks: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+_write_locks_guard = threading.Lock()
+
+
+def _write_lock(engine: Engine) -> ContextManager[Any]:
+    """Hold the process's turn to write to ``engine``'s database (SQLite); a no-op elsewhere."""
+    if engine.dialect.name != "sqlite":
+        return nullcontext()
+    lock = _write_locks.get(engine)
+    if lock is None:
+        with _write_locks_guard:
+            lock = _write_locks.setdefault(engine, threading.RLock())
+    return lock
+
+
 class Transaction:
     """Operations that belong in the same transaction as a decision."""
 
-    def __init__(self, connection: Connection):
+    def __init__(self, connection: Connection, statements: _Statements | None = None):
         self.connection = connection
+        self._sql = statements or _Statements(connection.dialect)
+        # On SQLite a decision's statements run on the driver's connection, in this same
+        # transaction: SQLAlchemy's execution machinery costs more than SQLite's work there.
+        self._fast: _SqliteDecisions | None = None
+        self._driver: Any = None
+        if self._sql.sqlite:
+            self._fast = self._sql.driver
+            self._driver = connection.connection.driver_connection
+
+    def _run(self, sql: str, params: Any, *, many: bool = False) -> Any:
+        assert self._fast is not None
+        return self._fast.execute(self._driver, sql, params, many=many)
 
     def load_escalation(self, system: str, instance: str, ticket_id: str) -> StoredEscalation | None:
         """The stored escalation of a ticket, or None."""
-        row = self.connection.execute(
-            select(escalations.c.id, escalations.c.version, escalations.c.state).where(
-                escalations.c.system == system,
-                escalations.c.instance == instance,
-                escalations.c.ticket_id == ticket_id,
-            )
-        ).first()
+        if self._fast is not None:
+            row = self._run(self._fast.load, (system, instance, ticket_id)).fetchone()
+        else:
+            row = self.connection.execute(
+                self._sql.load, {"system": system, "instance": instance, "ticket_id": ticket_id}
+            ).first()
         if row is None:
             return None
-        return StoredEscalation(row.id, row.version, EscalationState.model_validate(row.state))
+        escalation_id, version, state = row
+        return StoredEscalation(escalation_id, version, EscalationState.model_validate_json(state))
 
     def save_escalation(
         self, previous: StoredEscalation | None, state: EscalationState, now: datetime
@@ -128,7 +386,7 @@ class Transaction:
             tier=state.tier,
             status=state.status.value,
             policy_version=state.policy_version,
-            state=state.model_dump(mode="json"),
+            state=state.model_dump_json(),
             updated_at=utc(now),
             wake_at=_maybe_utc(state.wake_at),
         )
@@ -137,29 +395,49 @@ class Transaction:
                 # A savepoint, so a lost race leaves the caller's transaction usable for the rollback.
                 with self.connection.begin_nested():
                     result = self.connection.execute(
-                        insert(escalations).values(
+                        self._sql.create,
+                        dict(
                             system=state.system,
                             instance=state.instance,
                             ticket_id=state.ticket_id,
                             opened_at=utc(state.opened_at),
-                            version=1,
                             **values,
-                        )
+                        ),
                     )
             except IntegrityError as exc:
                 raise StaleStateError(f"escalation of {state.ticket_id} was created meanwhile") from exc
             return int(result.inserted_primary_key[0])
-        result = self.connection.execute(
-            update(escalations)
-            .where(escalations.c.id == previous.id, escalations.c.version == previous.version)
-            .values(version=previous.version + 1, **values)
-        )
-        if result.rowcount != 1:
+        if self._fast is not None:
+            time = self._fast.time
+            rowcount = self._run(
+                self._fast.save,
+                (values["tier"], values["status"], values["policy_version"], values["state"],
+                 time(values["updated_at"]), time(values["wake_at"]), previous.id,
+                 previous.version),
+            ).rowcount
+        else:
+            rowcount = self.connection.execute(
+                self._sql.save, dict(b_id=previous.id, b_version=previous.version, **values)
+            ).rowcount
+        if rowcount != 1:
             raise StaleStateError(f"escalation {previous.id} changed since version {previous.version}")
         return previous.id
 
     def append_audit(self, escalation_id: int, entries: Iterable[HistoryEntry]) -> None:
         """Add the decision's audit entries."""
+        if self._fast is not None:
+            time, criteria = self._fast.time, self._fast.criteria
+            self._run(
+                self._fast.audit,
+                [
+                    (escalation_id, time(utc(entry.at)), entry.kind, entry.from_tier,
+                     entry.to_tier, entry.reason, criteria(list(entry.criteria)), entry.actor,
+                     entry.policy_version, entry.event_id)
+                    for entry in entries
+                ],
+                many=True,
+            )
+            return
         rows = [
             dict(
                 escalation_id=escalation_id,
@@ -176,12 +454,25 @@ class Transaction:
             for entry in entries
         ]
         if rows:
-            self.connection.execute(insert(audit), rows)
+            self.connection.execute(self._sql.audit, rows)
 
     def enqueue_actions(
         self, escalation_id: int, actions: Sequence[Action], *, first_seq: int, now: datetime
     ) -> None:
         """Queue actions for the upstream, numbered ``first_seq``, ``first_seq + 1``... per ticket."""
+        now = utc(now)
+        if self._fast is not None:
+            at = self._fast.time(now)
+            self._run(
+                self._fast.enqueue,
+                [
+                    (action.key, escalation_id, action.system, action.instance, action.ticket_id,
+                     first_seq + offset, action.urgency, action.model_dump_json(), at, at)
+                    for offset, action in enumerate(actions)
+                ],
+                many=True,
+            )
+            return
         rows = [
             dict(
                 idempotency_key=action.key,
@@ -191,43 +482,67 @@ class Transaction:
                 ticket_id=action.ticket_id,
                 seq=first_seq + offset,
                 urgency=action.urgency,
-                action=action.model_dump(mode="json"),
-                state="pending",
-                attempts=0,
-                next_attempt_at=utc(now),
-                created_at=utc(now),
+                action=action.model_dump_json(),
+                now=now,
             )
             for offset, action in enumerate(actions)
         ]
         if rows:
-            self.connection.execute(insert(outbox), rows)
+            self.connection.execute(self._sql.enqueue, rows)
 
     def set_timer(self, escalation_id: int, due_at: datetime | None) -> None:
         """Make ``due_at`` the escalation's only wake-up (None removes it) and release any claim."""
-        self.connection.execute(delete(timers).where(timers.c.escalation_id == escalation_id))
-        if due_at is not None:
+        if self._fast is not None:
+            if due_at is None:
+                self._run(self._fast.clear_timer, (escalation_id,))
+            else:
+                self._run(self._fast.set_timer, (escalation_id, self._fast.time(utc(due_at))))
+            return
+        if due_at is None:
+            self.connection.execute(self._sql.clear_timer, {"escalation_id": escalation_id})
+        else:
             self.connection.execute(
-                insert(timers).values(escalation_id=escalation_id, due_at=utc(due_at))
+                self._sql.set_timer, {"escalation_id": escalation_id, "due_at": utc(due_at)}
             )
 
 
 class Store:
-    """The durable state of the runtime, on one SQLAlchemy engine."""
+    """The durable state of the runtime, on one SQLAlchemy engine.
+
+    Safe to share between threads: each operation checks out its own connection, and on SQLite
+    write transactions take turns on :meth:`writing`.
+    """
 
     def __init__(self, engine: Engine):
         self.engine = engine
         self._postgres = engine.dialect.name == "postgresql"
+        self._sql = _Statements(engine.dialect)
+
+    def writing(self) -> ContextManager[Any]:
+        """This process's turn to write (on SQLite; a no-op on PostgreSQL).
+
+        Every write transaction of the store takes it; hold it around other writes to the same
+        database (the inbox's) made from a thread that shares the engine with others.
+        """
+        return _write_lock(self.engine)
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction, in this process's turn; commits, or rolls back on an exception."""
+        with self.writing(), self.engine.begin() as connection:
+            yield connection
 
     @contextmanager
     def begin(self) -> Iterator[Transaction]:
         """One transaction: commits on success, rolls back on any exception."""
-        with self.engine.begin() as connection:
+        with self._write() as connection:
             if connection.dialect.name == "sqlite":
                 # Take the write lock before the first read, as store/inbox.py does: the sqlite3
                 # module would otherwise run the read outside any transaction, and a SAVEPOINT
                 # opened outside one commits on its own when released.
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
-            yield Transaction(connection)
+                driver = connection.connection.driver_connection
+                self._sql.driver.execute(driver, "BEGIN IMMEDIATE", ())
+            yield Transaction(connection, self._sql)
 
     def load_escalation(self, system: str, instance: str, ticket_id: str) -> StoredEscalation | None:
         """The stored escalation of a ticket, or None."""
@@ -241,30 +556,17 @@ class Store:
     ) -> list[ClaimedTimer]:
         """Claim up to ``limit`` due wake-ups, earliest first."""
         now = utc(now)
-        due = (
-            select(timers.c.escalation_id)
-            .where(timers.c.due_at <= now, _claimable(timers, worker_id, now))
-            .order_by(timers.c.due_at)
-            .limit(limit)
-        )
-        if self._postgres:
-            due = due.with_for_update(skip_locked=True)
-        with self.engine.begin() as connection:
+        with self._write() as connection:
             claimed = connection.execute(
-                update(timers)
-                .where(timers.c.escalation_id.in_(due.scalar_subquery()))
-                .values(claimed_by=worker_id, claimed_until=now + lease)
-                .returning(timers.c.escalation_id, timers.c.due_at)
+                self._sql.claim_timers,
+                {"worker_id": worker_id, "now": now, "until": now + lease, "limit": limit},
             ).all()
             if not claimed:
                 return []
             names = {
                 row.id: row
                 for row in connection.execute(
-                    select(
-                        escalations.c.id, escalations.c.system, escalations.c.instance,
-                        escalations.c.ticket_id,
-                    ).where(escalations.c.id.in_([row.escalation_id for row in claimed]))
+                    self._sql.names, {"ids": [row.escalation_id for row in claimed]}
                 )
             }
         found = [
@@ -276,6 +578,12 @@ class Store:
             if row.escalation_id in names
         ]
         return sorted(found, key=lambda timer: timer.due_at)
+
+    def next_timer_due(self, *, after: datetime) -> datetime | None:
+        """The earliest wake-up due strictly after ``after``, or None: one probe of the index."""
+        with self.engine.connect() as connection:
+            value = connection.execute(self._sql.next_timer, {"after": utc(after)}).scalar()
+        return _maybe_utc(value)
 
     # --- the outbox -----------------------------------------------------------------------------
 
@@ -290,62 +598,40 @@ class Store:
         oldest goes first; a retry keeps its place.
         """
         now = utc(now)
-        earlier = aliased(outbox)
-        ready = (
-            select(outbox.c.id)
-            .where(
-                outbox.c.state == "pending",
-                outbox.c.next_attempt_at <= now,
-                _claimable(outbox, worker_id, now),
-                ~exists().where(
-                    earlier.c.escalation_id == outbox.c.escalation_id,
-                    earlier.c.state == "pending",
-                    earlier.c.seq < outbox.c.seq,
-                ),
-            )
-            .order_by(outbox.c.urgency.desc(), outbox.c.created_at, outbox.c.id)
-            .limit(limit)
-        )
-        if self._postgres:
-            ready = ready.with_for_update(skip_locked=True, of=outbox)
-        with self.engine.begin() as connection:
+        with self._write() as connection:
             rows = connection.execute(
-                update(outbox)
-                .where(outbox.c.id.in_(ready.scalar_subquery()))
-                .values(claimed_by=worker_id, claimed_until=now + lease)
-                .returning(
-                    outbox.c.id, outbox.c.escalation_id, outbox.c.seq, outbox.c.urgency,
-                    outbox.c.attempts, outbox.c.action,
-                )
+                self._sql.claim_actions,
+                {"worker_id": worker_id, "now": now, "until": now + lease, "limit": limit},
             ).all()
         claimed = [
             ClaimedAction(
                 row.id, row.escalation_id, row.seq, row.urgency, row.attempts,
-                Action.model_validate(row.action),
+                Action.model_validate_json(row.action),
             )
             for row in rows
         ]
         return sorted(claimed, key=lambda a: (-a.urgency, a.id))
 
+    def next_action_ready(self, *, after: datetime) -> datetime | None:
+        """The earliest ``next_attempt_at`` of a pending action after ``after``, or None."""
+        with self.engine.connect() as connection:
+            value = connection.execute(self._sql.next_action, {"after": utc(after)}).scalar()
+        return _maybe_utc(value)
+
     def mark_done(self, worker_id: str, ids: Sequence[int], *, now: datetime, attempts: int = 1) -> None:
         """Record actions as applied upstream."""
         if not ids:
             return
-        with self.engine.begin() as connection:
+        with self._write() as connection:
             connection.execute(
-                update(outbox)
-                .where(outbox.c.id.in_(list(ids)), outbox.c.state == "pending")
-                .values(
-                    state="done", applied_at=utc(now), attempts=outbox.c.attempts + attempts,
-                    claimed_by=None, claimed_until=None,
-                )
+                self._sql.mark_done, {"ids": list(ids), "now": utc(now), "attempts": attempts}
             )
 
     def retry_later(
         self, worker_id: str, action_id: int, *, attempts: int, at: datetime, error: str
     ) -> None:
         """Give an action back with ``attempts`` more spent, to be tried again at ``at``."""
-        with self.engine.begin() as connection:
+        with self._write() as connection:
             connection.execute(
                 update(outbox)
                 .where(outbox.c.id == action_id, outbox.c.state == "pending")
@@ -359,7 +645,7 @@ class Store:
         """Give claimed actions back unsent and still ready, ``attempts`` more spent on each."""
         if not ids:
             return
-        with self.engine.begin() as connection:
+        with self._write() as connection:
             connection.execute(
                 update(outbox)
                 .where(outbox.c.id.in_(list(ids)), outbox.c.state == "pending",
@@ -376,7 +662,7 @@ class Store:
         Actions another worker holds a live claim on are left to it.
         """
         now = utc(now)
-        with self.engine.begin() as connection:
+        with self._write() as connection:
             result = connection.execute(
                 update(outbox)
                 .where(
@@ -394,7 +680,7 @@ class Store:
         self, worker_id: str, action_id: int, *, attempts: int, now: datetime, error: str
     ) -> None:
         """Give up on an action: it stops blocking its ticket and waits in the dead letters."""
-        with self.engine.begin() as connection:
+        with self._write() as connection:
             connection.execute(
                 update(outbox)
                 .where(outbox.c.id == action_id)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 from escalier.store.database import create_store_engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# alembic is imported where it is used: a worker starting up needs the store, not the migrations.
 
 __all__ = ["MIGRATIONS", "alembic_config", "current_revision", "head_revision", "upgrade"]
 
@@ -19,6 +21,8 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 def alembic_config() -> Config:
     """An alembic configuration for the store's migrations, without an ``alembic.ini``."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
@@ -26,6 +30,8 @@ def alembic_config() -> Config:
 
 def upgrade(url: str | Engine, *, revision: str = "head") -> str | None:
     """Migrate the store at ``url`` (or on an engine) to ``revision``; returns the revision reached."""
+    from alembic import command
+
     engine = create_store_engine(url) if isinstance(url, str) else url
     try:
         config = alembic_config()
@@ -40,10 +46,14 @@ def upgrade(url: str | Engine, *, revision: str = "head") -> str | None:
 
 def current_revision(engine: Engine) -> str | None:
     """The revision the store is at, None before the first migration."""
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
 def head_revision() -> str | None:
     """The newest revision shipped."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
