@@ -33,6 +33,19 @@ def parse_duration(value: object) -> timedelta:
 
 def format_duration(value: timedelta) -> str:
     """The shortest admin-style spelling of ``value`` (``timedelta(minutes=90)`` -> ``'1h30m'``)."""
+    # The engine spells the same few targets and intervals in every warning and reason.
+    found = _SPELLED.get(value)
+    if found is None:
+        if len(_SPELLED) >= 4096:
+            _SPELLED.clear()
+        found = _SPELLED[value] = _spell(value)
+    return found
+
+
+_SPELLED: dict[timedelta, str] = {}
+
+
+def _spell(value: timedelta) -> str:
     seconds = int(value.total_seconds())
     if seconds <= 0:
         return "0s"

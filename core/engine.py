@@ -41,12 +41,17 @@ Choices the process leaves open, made here:
 
 from __future__ import annotations
 
+import operator
+import re
+import string
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
+
+from pydantic import BaseModel
 
 from escalier.core.clocks import business_add, business_elapsed, meter_deadline, zone
 from escalier.core.durations import format_duration
@@ -69,7 +74,7 @@ from escalier.core.model import (
     Timer,
 )
 from escalier.core.policy import Conditions, Criterion, Policy, RaciSpec, TierSpec
-from escalier.core.templates import is_own_text, render
+from escalier.core.templates import DEFAULT_TEMPLATES, is_own_text, render
 
 __all__ = ["Decision", "REORDER_WINDOW", "decide"]
 
@@ -86,6 +91,8 @@ _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 # Fields that describe the escalation itself; the rest is bookkeeping that only the live state has.
 _LIVE_ONLY = ("history", "seen_events", "action_seq", "effects", "log", "checkpoint", "checkpoint_next")
+_CACHE_LIMIT = 20_000
+"""Entries a memo of the engine keeps; past that it starts afresh."""
 
 
 @dataclass(frozen=True)
@@ -137,18 +144,20 @@ def decide(
         wake = _advance(ctx, work, now)
         return _finish(ctx, None, work, event, now, checkpoint=checkpoint, log=log, wake=wake)
 
-    if event.id in state.seen_events:
-        return Decision(state, (), state.wake_at, ())
+    # The state's fields, read once: through pydantic each attribute read costs a lookup chain.
+    fields = state.__dict__
+    if event.id in fields["seen_events"]:
+        return _decision(state, (), fields["wake_at"], ())
 
-    last = state.log[-1] if state.log else None
-    late = (state.as_of is not None and event.occurred_at < state.as_of) or (
-        last is not None and _key(event) < _key(last)
-    )
+    occurred = event.occurred_at
+    as_of = fields["as_of"]
+    log = fields["log"]
+    late = (as_of is not None and _later(as_of, occurred)) or (bool(log) and _key(event) < _key(log[-1]))
     if not late:
         work = _Work.of(state)
-        checkpoint, checkpoint_next, log = _rotate(state, work, event)
-        _advance(ctx, work, event.occurred_at)
-        _apply(ctx, work, event, event.occurred_at)
+        checkpoint, checkpoint_next, log = _rotate(work, event)
+        _advance(ctx, work, occurred)
+        _apply(ctx, work, event, occurred)
         wake = _advance(ctx, work, now)
         return _finish(
             ctx, state, work, event, now, checkpoint=checkpoint, checkpoint_next=checkpoint_next,
@@ -197,13 +206,30 @@ class _Work:
         return _construct(EscalationState, {**self.__dict__, **live})
 
 
-def _construct(cls: Any, data: dict[str, Any]) -> Any:
-    """A model from values that are already valid, without pydantic's per-call overhead."""
-    # model_construct resolves defaults and fields-set on every call; the engine builds a state
-    # per decision, so it fills a precomputed default set instead.
-    defaults = _DEFAULTS.get(cls)
-    if defaults is None:
-        defaults = _DEFAULTS[cls] = (
+_new = object.__new__
+# The setters of the storage every pydantic model has, taken from BaseModel once: calling them
+# directly skips the attribute lookup object.__setattr__ repeats for each of them.
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+
+
+def _model(cls: Any, values: dict[str, Any], fields_set: set[str]) -> Any:
+    """A model with exactly these field values, already valid, as pydantic stores them."""
+    obj = _new(cls)
+    _set_dict(obj, values)
+    _set_fields_set(obj, fields_set)
+    _set_extra(obj, None)
+    _set_private(obj, None)
+    return obj
+
+
+def _defaults(cls: Any) -> tuple[dict[str, Any], int]:
+    """The defaults of ``cls``'s optional fields, in field order, and its number of fields."""
+    found = _DEFAULTS.get(cls)
+    if found is None:
+        found = _DEFAULTS[cls] = (
             {
                 name: field.get_default(call_default_factory=True)
                 for name, field in cls.model_fields.items()
@@ -211,35 +237,43 @@ def _construct(cls: Any, data: dict[str, Any]) -> Any:
             },
             len(cls.model_fields),
         )
-    values = {**defaults[0], **data} if len(data) < defaults[1] else data
-    obj = cls.__new__(cls)
-    object.__setattr__(obj, "__dict__", values)
-    object.__setattr__(obj, "__pydantic_fields_set__", set(data))
-    object.__setattr__(obj, "__pydantic_extra__", None)
-    object.__setattr__(obj, "__pydantic_private__", None)
-    return obj
+    return found
+
+
+def _construct(cls: Any, data: dict[str, Any]) -> Any:
+    """A model from values that are already valid, without pydantic's per-call overhead."""
+    # model_construct resolves defaults and fields-set on every call; the engine builds a state
+    # per decision, so it fills a precomputed default set instead.
+    defaults, count = _DEFAULTS.get(cls) or _defaults(cls)
+    return _model(cls, {**defaults, **data} if len(data) < count else data, set(data))
 
 
 _DEFAULTS: dict[Any, tuple[dict[str, Any], int]] = {}
+_ENTRY_DEFAULTS, _ENTRY_FIELDS = _defaults(HistoryEntry)
+_ACTION_TEMPLATE = {**_defaults(Action)[0], "key": None, "system": None, "ticket_id": None, "kind": None}
 
 
 def _replace(model: Any, **changes: Any) -> Any:
     """``model.model_copy(update=changes)`` for the engine's own, already valid, values."""
-    obj = model.__class__.__new__(model.__class__)
-    object.__setattr__(obj, "__dict__", {**model.__dict__, **changes})
-    object.__setattr__(obj, "__pydantic_fields_set__", model.__pydantic_fields_set__ | changes.keys())
-    object.__setattr__(obj, "__pydantic_extra__", None)
-    object.__setattr__(obj, "__pydantic_private__", None)
-    return obj
+    return _model(
+        model.__class__, {**model.__dict__, **changes}, model.__pydantic_fields_set__ | changes.keys()
+    )
 
 
 def _snapshot(work: _Work, *, boundary: str) -> EscalationState:
     # A checkpoint carries no bookkeeping of its own; ``seen_events`` holds the id of the last
     # event folded into it, so the log can be cut exactly where the checkpoint ends.
-    return work.freeze(
-        history=(), seen_events=(boundary,), action_seq=0, effects=(), log=(), checkpoint=None,
-        checkpoint_next=None,
-    )
+    values = {
+        **work.__dict__, "history": (), "seen_events": (boundary,), "action_seq": 0, "effects": (),
+        "log": (), "checkpoint": None, "checkpoint_next": None,
+    }
+    return _model(EscalationState, values, _fields_set(values))
+
+
+def _fields_set(values: dict[str, Any]) -> set[str]:
+    """``set(values)`` for a state's values, which always hold every field."""
+    # Copying a set is cheaper than building one from the keys.
+    return set(_STATE_FIELDS) if len(values) == len(_STATE_FIELDS) else set(values)
 
 
 def _key(event: TicketEvent) -> tuple[datetime, str]:
@@ -247,19 +281,29 @@ def _key(event: TicketEvent) -> tuple[datetime, str]:
 
 
 def _rotate(
-    state: EscalationState, work: _Work, event: TicketEvent
+    work: _Work, event: TicketEvent
 ) -> tuple[EscalationState | None, EscalationState | None, tuple[TicketEvent, ...]]:
     """Move the checkpoint forward so it stays at least :data:`REORDER_WINDOW` behind."""
-    checkpoint, upcoming, log = state.checkpoint, state.checkpoint_next, state.log
+    # The work still holds the state's checkpoints and log.
+    checkpoint, upcoming, log = work.checkpoint, work.checkpoint_next, work.log
     horizon = event.occurred_at - REORDER_WINDOW
-    if upcoming is not None and upcoming.as_of is not None and upcoming.as_of <= horizon:
-        boundary = upcoming.seen_events[0] if upcoming.seen_events else ""
-        cut = next((i + 1 for i, e in enumerate(log) if e.id == boundary), 0)
-        checkpoint, upcoming, log = upcoming, None, log[cut:]
+    if upcoming is not None:
+        upcoming_as_of = upcoming.as_of
+        if upcoming_as_of is not None and not _later(upcoming_as_of, horizon):
+            seen = upcoming.seen_events
+            boundary = seen[0] if seen else ""
+            cut = 0
+            for index, logged in enumerate(log):
+                if logged.id == boundary:
+                    cut = index + 1
+                    break
+            checkpoint, upcoming, log = upcoming, None, log[cut:]
     if len(log) >= _MAX_LOG:
         # A very busy ticket: give up reordering before this event rather than grow without bound.
         checkpoint, upcoming, log = _snapshot(work, boundary=log[-1].id), None, ()
-    if upcoming is None and (checkpoint is None or (checkpoint.as_of or horizon) <= horizon) and log:
+    if upcoming is None and log and (
+        checkpoint is None or not _later(checkpoint.as_of or horizon, horizon)
+    ):
         upcoming = _snapshot(work, boundary=log[-1].id)
     return checkpoint, upcoming, log
 
@@ -285,7 +329,10 @@ class _Derived:
         self.tier_zones = {level: zone(_tz_name(policy, level)) for level in tiers}
         self.tier_labels = {level: f"tier {level} ({spec.name})" for level, spec in tiers.items()}
         self.warn_percents = tuple(sorted(policy.sla.warn_at_percent))
+        self.pause_statuses = tuple(policy.sla.pause_statuses)
+        self.deescalation_rules = tuple(policy.deescalation.rules)
         self.review_after = policy.follow_up.review_open_after
+        self.timeboxes = {level: spec.timebox for level, spec in tiers.items() if spec.timebox is not None}
         self.bands = tuple(
             (band.users_at_least, band.name)
             for band in sorted(policy.impact, key=lambda b: -b.users_at_least)
@@ -310,11 +357,15 @@ class _Derived:
             )
             for level in tiers
         }
+        self.local_timed = {level: any(t[3] is not None for t in timed) for level, timed in self.timed.items()}
         # Per tier, the criteria that may move a ticket from it, in policy order: those whose
         # tier condition allows the tier, and, for internal moves, that lead to a higher tier.
-        self.movers: dict[int, tuple[Criterion, ...]] = {
+        screens = {id(c.when): _Screen(c.when) for c in (*policy.criteria, *policy.deescalation.rules)}
+        self.all_movers = tuple(_Mover(c, screens[id(c.when)]) for c in policy.criteria)
+        by_criterion = {id(m.criterion): m for m in self.all_movers}
+        self.movers: dict[int, tuple[_Mover, ...]] = {
             level: tuple(
-                c
+                by_criterion[id(c)]
                 for c in policy.criteria
                 if (not c.when.tier or level in c.when.tier)
                 and not (
@@ -324,9 +375,48 @@ class _Derived:
             )
             for level in tiers
         }
+        # Each criterion's and de-escalation rule's conditions, screened (see _Screen).
+        self.screens: dict[int, _Screen] = screens
+        self.functional = policy.paths.functional
+        # Per tier: whether a criterion that may move a ticket from it looks at the time (or a
+        # plugin), and the time-box after which it is forced up, if it is.
+        self.timed_movers = {level: any(m.timed for m in movers) for level, movers in self.movers.items()}
+        self.forced_after = {
+            level: box.duration
+            for level, box in self.timeboxes.items()
+            if box.mode in ("force", "both") and level + 1 in tiers
+        }
         self.placement: dict[tuple[Any, ...], Any] = {}
+        self.places: dict[tuple[Any, ...], _Place] = {}
+        # Each running clock's next percent and deadline, by clock object (kept in the entry, so
+        # the id stays its own): clocks are immutable and a state carries the same ones from
+        # decision to decision until something happens to them.
+        self.clock_dues: dict[int, tuple[SlaClock, int, datetime | None]] = {}
+        # When each opening is due for review, by the opening's datetime object: the same sum is
+        # asked for at every step, and one object for it makes the comparisons cheap.
+        self.review_dues: dict[int, tuple[datetime, datetime]] = {}
+        # The last deadline scan's inputs and the deadlines it found that do not depend on the
+        # time it was asked at (see _next_due); and the last candidate search whose inputs other
+        # than the time found nothing (see _best_candidate). Consecutive decisions on a ticket,
+        # and the steps within one, mostly ask about unchanged objects. Both are compared by
+        # identity, so a hit is exactly the same question.
+        self.dues_memo: tuple[tuple[Any, ...], list[Any]] | None = None
+        self.quiet: tuple[Any, ...] | None = None
+        # The placeholders each template uses (None: cannot tell, fill them all).
+        self.template_fields: dict[str, frozenset[str] | None] = {}
         # The last ticket asked about and its matrix cell: a decision asks for the same one often.
         self.cell_for: tuple[Ticket | None, Any] = (None, None)
+
+    def review_due(self, opened_at: datetime) -> datetime:
+        """``opened_at`` plus the review period."""
+        found = self.review_dues.get(id(opened_at))
+        if found is not None and found[0] is opened_at:
+            return found[1]
+        due = opened_at + self.review_after
+        if len(self.review_dues) >= _CACHE_LIMIT:
+            self.review_dues.clear()
+        self.review_dues[id(opened_at)] = (opened_at, due)
+        return due
 
     def impact_of(self, users_affected: int | None) -> str:
         """:meth:`Policy.impact_of`, without sorting the bands each time."""
@@ -338,12 +428,19 @@ class _Derived:
 
 
 _derived_cache: dict[int, tuple[weakref.ref[Policy], _Derived]] = {}
+# The policy asked about last: nearly every call asks about the same one, so check it first.
+_last_derived: tuple[weakref.ref[Policy], _Derived] | None = None
 
 
 def _derived(policy: Policy) -> _Derived:
     """The derived lookups of ``policy``, kept while the policy object lives."""
+    global _last_derived
+    last = _last_derived
+    if last is not None and last[0]() is policy:
+        return last[1]
     found = _derived_cache.get(id(policy))
     if found is not None and found[0]() is policy:
+        _last_derived = found
         return found[1]
     key = id(policy)
 
@@ -353,7 +450,7 @@ def _derived(policy: Policy) -> _Derived:
             del _derived_cache[key]
 
     data = _Derived(policy)
-    _derived_cache[key] = (weakref.ref(policy, forget), data)
+    _derived_cache[key] = _last_derived = (weakref.ref(policy, forget), data)
     return data
 
 
@@ -380,15 +477,18 @@ def _find_cell(policy: Policy, ticket: Ticket) -> Any:
 # --- effects: the unit of idempotence ---------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class _Effect:
     name: str
-    entry: dict[str, Any]
+    entry: dict[str, Any]  # the history entry's values, as HistoryEntry holds them
+    given: dict[str, Any]  # the entry's values given beyond the required ones (fields-set)
     actions: list[dict[str, Any]]
 
 
 class _Context:
     """The policies and plugins of one decision, and the effects it produced."""
+
+    __slots__ = ("current", "version", "policies", "extra", "effects", "data")
 
     def __init__(
         self,
@@ -404,19 +504,29 @@ class _Context:
         self.policies = policies
         self.extra = extra
         self.effects: list[_Effect] = []
-        # Each running clock's next deadline, by clock: a clock is immutable, and a decision asks
-        # for the same ones again after every step.
-        self.clock_dues: dict[int, tuple[SlaClock, Policy, int, datetime | None]] = {}
+        self.data = _derived(current)
+
+    def derived(self, policy: Policy) -> _Derived:
+        """:func:`_derived` of ``policy``; the current policy's is at hand."""
+        return self.data if policy is self.current else _derived(policy)
 
     def clock_next(self, policy: Policy, clock: SlaClock) -> tuple[int, datetime | None]:
         """The next percent of ``clock`` to act on (100 is the breach) and when it is reached."""
-        found = self.clock_dues.get(id(clock))
-        if found is not None and found[0] is clock and found[1] is policy:
-            return found[2], found[3]
+        data = self.data if policy is self.current else _derived(policy)
+        dues = data.clock_dues
+        found = dues.get(id(clock))
+        if found is not None and found[0] is clock:
+            return found[1], found[2]
         warned = clock.warned_at_percent
-        percent = next((p for p in _derived(policy).warn_percents if p not in warned), 100)
+        percent = 100
+        for candidate in data.warn_percents:
+            if candidate not in warned:
+                percent = candidate
+                break
         due = _clock_due(policy, clock, percent)
-        self.clock_dues[id(clock)] = (clock, policy, percent, due)
+        if len(dues) >= _CACHE_LIMIT:
+            dues.clear()
+        dues[id(clock)] = (clock, percent, due)
         return percent, due
 
     def policy_of(self, work: _Work) -> Policy:
@@ -438,17 +548,21 @@ class _Context:
         **entry: Any,
     ) -> None:
         policy = policy or self.policy_of(work)
-        self.effects.append(
-            _Effect(
-                name,
-                dict(
-                    at=at, kind=kind, reason=reason,
-                    policy_version=self.version if policy is self.current else policy.version,
-                    effect=name, **entry,
-                ),
-                list(actions),
-            )
-        )
+        version = self.version if policy is self.current else policy.version
+        # What _construct(HistoryEntry, dict(at=..., kind=..., reason=..., policy_version=...,
+        # effect=name, **entry)) holds: the given values in that order when they are all of the
+        # fields, else the defaults in field order, then the required fields.
+        if len(entry) + 5 >= _ENTRY_FIELDS:
+            values = {
+                "at": at, "kind": kind, "reason": reason, "policy_version": version, "effect": name,
+                **entry,
+            }
+        else:
+            values = {
+                **_ENTRY_DEFAULTS, "effect": name, **entry, "at": at, "kind": kind,
+                "reason": reason, "policy_version": version,
+            }
+        self.effects.append(_Effect(name, values, entry, list(actions)))
 
 
 def _finish(
@@ -472,53 +586,76 @@ def _finish(
     effects = list(previous.effects) if busy else []
     new_entries: list[HistoryEntry] = []
     actions: list[Action] = []
-    fresh = [e for e in ctx.effects if e.name not in done]
+    fresh = []
+    for effect in ctx.effects:
+        if effect.name not in done:
+            fresh.append(effect)
     if replayed and previous is not None:
         fresh.extend(_correction(ctx, previous, work, event, fresh))
-    prefix = f"{work.system}:{work.instance}:{work.ticket_id}"
+    system, instance, ticket_id = work.system, work.instance, work.ticket_id
+    prefix = f"{system}:{instance}:{ticket_id}"
     for effect in fresh:
-        if effect.name in done:
+        name = effect.name
+        if name in done:
             continue  # made again later in the same decision, e.g. at an event and a deadline
-        done.add(effect.name)
-        effects.append(effect.name)
-        new_entries.append(_construct(HistoryEntry, effect.entry))
+        done.add(name)
+        effects.append(name)
+        new_entries.append(
+            _model(HistoryEntry, effect.entry, {"at", "kind", "reason", "policy_version", "effect", *effect.given})
+        )
         for spec in effect.actions:
             seq += 1
             # Built without validation: _action and its callers always give what a kind needs.
-            actions.append(
-                _construct(
-                    Action,
-                    dict(
-                        key=f"{prefix}:{seq}", system=work.system, instance=work.instance,
-                        ticket_id=work.ticket_id, **spec,
-                    ),
-                )
-            )
+            # The same values, order and fields-set as _construct(Action, {key..., **spec}):
+            # the template holds the defaults in field order and then the required fields.
+            values = _ACTION_TEMPLATE.copy()
+            values.update(spec)
+            values["key"] = f"{prefix}:{seq}"
+            values["system"] = system
+            values["instance"] = instance
+            values["ticket_id"] = ticket_id
+            actions.append(_model(Action, values, {"key", "system", "instance", "ticket_id", *spec}))
+    # The work is spent after this: its attributes become the new state's fields.
     if new_entries or previous is None:
         history.extend(new_entries)
-        live: dict[str, Any] = dict(
-            history=tuple(history[-_MAX_HISTORY:]),
-            action_seq=seq,
-            effects=tuple(effects[-_MAX_EFFECTS:]),
-            wake_at=wake,
-        )
+        work.history = tuple(history[-_MAX_HISTORY:])
+        work.effects = tuple(effects[-_MAX_EFFECTS:])
     else:  # nothing new: keep the previous tuples rather than copy them
-        live = dict(history=previous.history, action_seq=seq, effects=previous.effects, wake_at=wake)
+        work.history = previous.history
+        work.effects = previous.effects
+    work.action_seq = seq
+    work.wake_at = wake
     if event is not None:
         seen = previous.seen_events if previous is not None else ()
-        live["seen_events"] = (*seen, event.id)[-_MAX_SEEN:]
-        live["log"] = log if log is not None else ()
-        live["checkpoint"] = checkpoint
-        live["checkpoint_next"] = checkpoint_next
-        if work.last_event_at is None or event.occurred_at > work.last_event_at:
+        work.seen_events = (*seen, event.id)[-_MAX_SEEN:]
+        work.log = log if log is not None else ()
+        work.checkpoint = checkpoint
+        work.checkpoint_next = checkpoint_next
+        if work.last_event_at is None or _later(event.occurred_at, work.last_event_at):
             work.last_event_at = event.occurred_at
     elif previous is not None:
-        live["seen_events"] = previous.seen_events
-        live["log"] = previous.log
-        live["checkpoint"] = previous.checkpoint
-        live["checkpoint_next"] = previous.checkpoint_next
-    state = work.freeze(**live)
-    return Decision(state, tuple(actions), wake, tuple(new_entries))
+        work.seen_events = previous.seen_events
+        work.log = previous.log
+        work.checkpoint = previous.checkpoint
+        work.checkpoint_next = previous.checkpoint_next
+    values = work.__dict__
+    state = _model(EscalationState, values, _fields_set(values))
+    return _decision(state, tuple(actions), wake, tuple(new_entries))
+
+
+def _decision(
+    state: EscalationState | None,
+    actions: tuple[Action, ...],
+    wake: datetime | None,
+    history: tuple[HistoryEntry, ...],
+) -> Decision:
+    """``Decision(state, actions, wake, history)``, filled the way its frozen __init__ fills it."""
+    decision = _new(Decision)
+    _set_object_dict(decision, {"state": state, "actions": actions, "wake_at": wake, "history": history})
+    return decision
+
+
+_set_object_dict = Decision.__dict__["__dict__"].__set__
 
 
 def _correction(
@@ -561,18 +698,37 @@ def _correction(
 def _opened_base(ctx: _Context, ticket: Ticket) -> EscalationState:
     policy = ctx.current
     at = ticket.created_at
-    return EscalationState(
+    given = dict(
         system=ticket.system,
         instance=ticket.instance,
         ticket_id=ticket.id,
         ticket=ticket,
-        tier=min(policy.tiers_by_level),
+        tier=ctx.data.first_tier,
         opened_at=at,
         tier_entered_at=at,
-        policy_version=policy.version,
+        policy_version=ctx.version,
         as_of=at,
         active_since=at,
     )
+    # What EscalationState(**given) holds, without validating values that are valid already
+    # (a validated ticket, its aware creation time, a tier of the policy): every field in field
+    # order, the given ones set.
+    values = _fresh_state().copy()
+    values.update(given)
+    return _model(EscalationState, values, set(given))
+
+
+def _fresh_state() -> dict[str, Any]:
+    """Every field of EscalationState in field order, with its default (None if it has none)."""
+    global _FRESH_STATE
+    if _FRESH_STATE is None:
+        defaults, _ = _defaults(EscalationState)
+        _FRESH_STATE = {name: defaults.get(name) for name in EscalationState.model_fields}
+    return _FRESH_STATE
+
+
+_FRESH_STATE: dict[str, Any] | None = None
+_STATE_FIELDS = frozenset(EscalationState.model_fields)
 
 
 def _open(ctx: _Context, ticket: Ticket, event: TicketEvent) -> _Work:
@@ -607,54 +763,61 @@ def _open(ctx: _Context, ticket: Ticket, event: TicketEvent) -> _Work:
 
 def _apply(ctx: _Context, work: _Work, event: TicketEvent, at: datetime) -> None:
     """Apply one ticket event at ``at`` (its own time, unless it is older than the checkpoint)."""
-    if work.as_of is None or at > work.as_of:
-        work.as_of = at
-    if work.last_event_at is None or event.occurred_at > work.last_event_at:
-        work.last_event_at = event.occurred_at
-    policy = ctx.policy_of(work)
-    if event.ticket is not None:
-        work.ticket = event.ticket
+    # The event's fields, read once (each read through pydantic costs a lookup chain).
+    kind = event.kind
+    ticket = event.ticket
     comment = event.comment
-    own = event.actor_role is ActorRole.ESCALIER or (comment is not None and is_own_text(comment.body))
+    occurred = event.occurred_at
+    if work.as_of is None or _later(at, work.as_of):
+        work.as_of = at
+    if work.last_event_at is None or _later(occurred, work.last_event_at):
+        work.last_event_at = occurred
+    policy = ctx.policy_of(work)
+    if ticket is not None:
+        work.ticket = ticket
+    body = comment.body if comment is not None else None
+    role = event.actor_role
+    own = role is ActorRole.ESCALIER or (comment is not None and is_own_text(body))
     if comment is not None and not own:
-        _note_keywords(policy, work, comment.body)
+        _note_keywords(policy, work, body)
 
-    if work.status is EscalationStatus.CLOSED:
-        if event.kind is EventKind.REOPENED or (event.ticket is not None and not event.ticket.is_resolved):
+    status = work.status
+    if status is EscalationStatus.CLOSED:
+        if kind is EventKind.REOPENED or (ticket is not None and not ticket.is_resolved):
             _reopen(ctx, work, at, event)
         return
-    resolved = event.kind is EventKind.RESOLVED or (
-        event.ticket is not None and event.ticket.is_resolved and event.kind is not EventKind.REOPENED
+    resolved = kind is EventKind.RESOLVED or (
+        ticket is not None and kind is not EventKind.REOPENED and ticket.is_resolved
     )
-    if work.status is EscalationStatus.OPEN and resolved:
+    if status is EscalationStatus.OPEN and resolved:
         _resolve(ctx, work, at, event)
         return
-    if work.status is EscalationStatus.RESOLVED:
-        if event.kind is EventKind.REOPENED or (event.ticket is not None and not event.ticket.is_resolved):
+    if status is EscalationStatus.RESOLVED:
+        if kind is EventKind.REOPENED or (ticket is not None and not ticket.is_resolved):
             _reopen(ctx, work, at, event)
         else:
             return
 
-    paused = work.ticket.status_category in policy.sla.pause_statuses
+    paused = work.ticket.status_category in ctx.derived(policy).pause_statuses
     if paused and work.paused_since is None:
         _pause(ctx, work, at, event)
     elif not paused and work.paused_since is not None:
         _resume(ctx, work, at, event)
 
     if not own and work.notification.acknowledged is None and (
-        event.kind is EventKind.ACKNOWLEDGED
+        kind is EventKind.ACKNOWLEDGED
         or (
-            event.kind is EventKind.COMMENTED
-            and event.actor_role is ActorRole.AGENT
+            kind is EventKind.COMMENTED
+            and role is ActorRole.AGENT
             and comment is not None
             and comment.public
         )
     ):
         _acknowledge(ctx, work, at, event)
 
-    if event.kind is EventKind.ESCALATION_REQUESTED and not own:
+    if kind is EventKind.ESCALATION_REQUESTED and not own:
         _requested_escalation(ctx, work, at, event)
-    elif event.kind is EventKind.DEESCALATION_REQUESTED and not own:
+    elif kind is EventKind.DEESCALATION_REQUESTED and not own:
         _requested_deescalation(ctx, work, at, event)
     elif not own:
         _deescalation_rules(ctx, work, at, event)
@@ -718,8 +881,17 @@ def _stop_clock(policy: Policy, clock: SlaClock, at: datetime, *, stop: bool) ->
 
 
 def _clock_due(policy: Policy, clock: SlaClock, percent: int) -> datetime | None:
-    threshold = clock.target * percent / 100
+    key = (clock.target, percent)
+    threshold = _THRESHOLDS.get(key)
+    if threshold is None:
+        if len(_THRESHOLDS) >= _CACHE_LIMIT:
+            _THRESHOLDS.clear()
+        threshold = _THRESHOLDS[key] = clock.target * percent / 100
     return meter_deadline(_clock_calendar(policy, clock), clock.running_since, clock.elapsed_before, threshold)
+
+
+# ``target * percent / 100`` by (target, percent): a handful of values, asked for at every step.
+_THRESHOLDS: dict[tuple[timedelta, int], timedelta] = {}
 
 
 def _open_due(policy: Policy, work: _Work, threshold: timedelta) -> datetime | None:
@@ -731,7 +903,7 @@ def _tier_due(policy: Policy, work: _Work, threshold: timedelta) -> datetime | N
 
 
 def _reached(due: datetime | None, at: datetime) -> bool:
-    return due is not None and due <= at
+    return due is not None and not _later(due, at)
 
 
 def _pause(ctx: _Context, work: _Work, at: datetime, event: TicketEvent) -> None:
@@ -830,6 +1002,37 @@ def _reopen(ctx: _Context, work: _Work, at: datetime, event: TicketEvent) -> Non
     )
 
 
+# --- comparing times --------------------------------------------------------------------------
+# Deadlines come from the calendars in UTC; events carry their sender's zone. Python compares two
+# datetimes of different zones by asking both zones for their offsets, twice, which cost more than
+# the rest of a deadline scan. These helpers decide exactly as datetime does (the same tzinfo
+# object: wall-clock fields; different ones: instants), taking the instant of a value outside UTC
+# from a memo keyed by the object. Values are never converted: they keep their zone in the state.
+
+_UTC_OF: dict[int, tuple[datetime, datetime]] = {}
+
+
+def _utc(at: datetime) -> datetime:
+    """The same instant as ``at``, in UTC."""
+    if at.tzinfo is UTC:
+        return at
+    found = _UTC_OF.get(id(at))
+    if found is not None and found[0] is at:
+        return found[1]
+    if len(_UTC_OF) >= _CACHE_LIMIT:
+        _UTC_OF.clear()
+    utc = at.astimezone(UTC)
+    _UTC_OF[id(at)] = (at, utc)  # the entry keeps ``at`` alive, so its id is not reused
+    return utc
+
+
+def _later(a: datetime, b: datetime) -> bool:
+    """``a > b``, decided as datetime decides it."""
+    if a.tzinfo is b.tzinfo:
+        return a > b
+    return _utc(a) > _utc(b)
+
+
 # --- time passing -----------------------------------------------------------------------------
 
 
@@ -839,9 +1042,10 @@ def _advance(ctx: _Context, work: _Work, until: datetime) -> datetime | None:
     :returns: the next deadline after ``until`` (None if there is none), i.e. the wake-up time as
         long as nothing else changes the work.
     """
+    until_zone = until.tzinfo
     for _ in range(10_000):
         due = _next_due(ctx, work)
-        if due is None or due > until:
+        if due is None or (due > until if due.tzinfo is until_zone else _utc(due) > _utc(until)):
             return due
         _fire(ctx, work, due)
     raise RuntimeError("the engine fired 10,000 deadlines in one step; the policy loops")
@@ -863,37 +1067,79 @@ def _next_due(ctx: _Context, work: _Work) -> datetime | None:
             candidates.append(work.resolved_at + follow.close_after_resolved)
         return _earliest(candidates, after)
 
-    data = _derived(policy)
-    for clock in work.clocks:
-        if clock.running_since is None or clock.breached_at is not None:
-            continue
-        candidates.append(ctx.clock_next(policy, clock)[1])
-    notification = work.notification
-    if notification.acknowledged is None:
-        candidates.append(notification.next_at)
-    if work.reviewed_at is None:
-        candidates.append(work.opened_at + data.review_after)
-    if work.active_since is not None:
-        tier = data.tiers.get(work.tier)
-        if tier is not None and tier.timebox is not None:
-            candidates.append(_tier_due(policy, work, tier.timebox.duration))
-        fired = work.fired_criteria
-        for criterion_id, unresolved_for, at_tier_for, when in data.timed.get(work.tier, ()):
-            if criterion_id in fired:
+    data = ctx.derived(policy)
+    since = work.active_since
+    level = work.tier
+    # Everything the deadlines below are computed from, but the time asked at.
+    facts = (
+        work.clocks, work.notification, work.reviewed_at, work.opened_at, since, level,
+        work.tier_elapsed, work.open_elapsed, work.fired_criteria,
+    )
+    memo = data.dues_memo
+    if memo is not None and _same(memo[0], facts):
+        candidates = memo[1]
+    else:
+        for clock in work.clocks:
+            if clock.running_since is None or clock.breached_at is not None:
                 continue
-            if unresolved_for is not None:
-                candidates.append(_open_due(policy, work, unresolved_for))
-            if at_tier_for is not None:
-                candidates.append(_tier_due(policy, work, at_tier_for))
-            if when is not None and after is not None:
-                candidates.append(_next_local_boundary(policy, work, when, after))
+            candidates.append(ctx.clock_next(policy, clock)[1])
+        notification = work.notification
+        if notification.acknowledged is None:
+            candidates.append(notification.next_at)
+        if work.reviewed_at is None:
+            candidates.append(data.review_due(work.opened_at))
+        if since is not None:
+            timebox = data.timeboxes.get(level)
+            timed = data.timed.get(level)
+            if timebox is not None or timed:
+                calendar = _calendar(policy, work)
+                if timebox is not None:
+                    candidates.append(meter_deadline(calendar, since, work.tier_elapsed, timebox.duration))
+                fired = work.fired_criteria
+                for criterion_id, unresolved_for, at_tier_for, when in timed or ():
+                    if criterion_id in fired:
+                        continue
+                    if unresolved_for is not None:
+                        candidates.append(meter_deadline(calendar, since, work.open_elapsed, unresolved_for))
+                    if at_tier_for is not None:
+                        candidates.append(meter_deadline(calendar, since, work.tier_elapsed, at_tier_for))
+                    if when is not None:
+                        # Depends on the time asked at: worked out below, in its place.
+                        candidates.append(_LocalBoundary(when))
+        data.dues_memo = (facts, candidates)
+    if since is not None and data.local_timed.get(level):
+        candidates = [
+            _next_local_boundary(policy, work, c.when, after) if type(c) is _LocalBoundary else c
+            for c in candidates
+            if type(c) is not _LocalBoundary or after is not None
+        ]
     return _earliest(candidates, after)
 
 
+@dataclass(frozen=True)
+class _LocalBoundary:
+    """In a remembered deadline scan: the next local boundary of ``when``, asked anew each time."""
+
+    when: Conditions
+
+
+def _same(these: tuple[Any, ...], those: tuple[Any, ...]) -> bool:
+    """True if the two tuples hold the very same objects."""
+    return all(map(operator.is_, these, those))
+
+
 def _earliest(candidates: list[datetime | None], after: datetime | None) -> datetime | None:
+    """The earliest candidate later than ``after``; of equal ones, the first."""
+    # _later written out: this runs at every step, over every deadline.
     best: datetime | None = None
     for when in candidates:
-        if when is not None and (after is None or when > after) and (best is None or when < best):
+        if when is None:
+            continue
+        if after is not None and not (
+            when > after if when.tzinfo is after.tzinfo else _utc(when) > _utc(after)
+        ):
+            continue
+        if best is None or (best > when if best.tzinfo is when.tzinfo else _utc(best) > _utc(when)):
             best = when
     return best
 
@@ -921,13 +1167,27 @@ def _fire(ctx: _Context, work: _Work, at: datetime) -> None:
     if work.status is EscalationStatus.RESOLVED:
         _follow_up(ctx, work, at)
         return
-    _check_clocks(ctx, work, at)
-    _repeat_notification(ctx, work, at)
-    if work.reviewed_at is None and work.opened_at + policy.follow_up.review_open_after <= at:
+    # Each step fires one or two things: test cheaply which before doing them.
+    for clock in work.clocks:
+        if (
+            clock.running_since is not None
+            and clock.breached_at is None
+            and _reached(ctx.clock_next(policy, clock)[1], at)
+        ):
+            _check_clocks(ctx, work, at)
+            break
+    notification = work.notification
+    if (
+        notification.acknowledged is None
+        and notification.next_at is not None
+        and not _later(notification.next_at, at)
+    ):
+        _repeat_notification(ctx, work, at)
+    if work.reviewed_at is None and not _later(ctx.derived(policy).review_due(work.opened_at), at):
         work.reviewed_at = at
-        values = _values(policy, work, at)
+        values = _values(policy, work)
         values.update(opened=_when(policy, work.tier, work.opened_at), open_for=format_duration(at - work.opened_at))
-        body, public = render(policy.templates, "review-due", values)
+        body, public = _render(policy, work, at, "review-due", values)
         reason = f"open for {format_duration(at - work.opened_at)}: review due"
         actions = [_comment(policy, work, body, public, "review-due")]
         actions.extend(_notify(policy, work, _level_recipients(policy, work, 1), body))
@@ -953,9 +1213,9 @@ def _check_clocks(ctx: _Context, work: _Work, at: datetime) -> None:
                 break
             clock = _replace(clock, warned_at_percent=(*clock.warned_at_percent, percent))
             breach = _clock_due(policy, clock, 100)
-            values = _clock_values(policy, work, clock, at, breach)
+            values = _clock_values(policy, work, clock, breach)
             values["percent"] = percent
-            body, public = render(policy.templates, "sla-warning", values)
+            body, public = _render(policy, work, at, "sla-warning", values)
             actions = [_comment(policy, work, body, public, "sla-warning")]
             actions.extend(_notify(policy, work, _level_recipients(policy, work, 0), body))
             ctx.emit(
@@ -968,8 +1228,8 @@ def _check_clocks(ctx: _Context, work: _Work, at: datetime) -> None:
         due = _clock_due(policy, clock, 100)
         if _reached(due, at):
             clock = _replace(clock, breached_at=due)
-            values = _clock_values(policy, work, clock, at, due)
-            body, public = render(policy.templates, "sla-breach", values)
+            values = _clock_values(policy, work, clock, due)
+            body, public = _render(policy, work, at, "sla-breach", values)
             actions = [_comment(policy, work, body, public, "sla-breach")]
             recipients = _level_recipients(policy, work, 0) + _level_recipients(policy, work, 1)
             actions.extend(_notify(policy, work, recipients, body))
@@ -988,7 +1248,7 @@ def _check_clocks(ctx: _Context, work: _Work, at: datetime) -> None:
 def _repeat_notification(ctx: _Context, work: _Work, at: datetime) -> None:
     policy = ctx.policy_of(work)
     state = work.notification
-    if state.acknowledged is not None or state.next_at is None or state.next_at > at:
+    if state.acknowledged is not None or state.next_at is None or _later(state.next_at, at):
         return
     repeat_every, max_repeats = _repeat_settings(policy, work)
     level, sent = state.level, state.sent
@@ -1011,9 +1271,9 @@ def _repeat_notification(ctx: _Context, work: _Work, at: datetime) -> None:
         f"waiting for acknowledgement since {_when(policy, work.tier, work.tier_entered_at)} "
         f"({_level_name(policy, level)}, {what})"
     )
-    values = _values(policy, work, at)
+    values = _values(policy, work)
     values["reason"] = reason
-    body, _ = render(policy.templates, "notification", values)
+    body, _ = _render(policy, work, at, "notification", values)
     work.notification = _replace(
         state, level=level, sent=sent, last_sent_at=due,
         next_at=business_add(_calendar(policy, work), due, repeat_every) if repeat_every else None,
@@ -1033,9 +1293,9 @@ def _follow_up(ctx: _Context, work: _Work, at: datetime) -> None:
         return
     if follow.follow_up_after_resolved and work.followed_up_at is None and resolved_at + follow.follow_up_after_resolved <= at:
         work.followed_up_at = at
-        values = _values(policy, work, at)
+        values = _values(policy, work)
         values["resolved_for"] = format_duration(follow.follow_up_after_resolved)
-        body, public = render(policy.templates, "follow-up", values)
+        body, public = _render(policy, work, at, "follow-up", values)
         ctx.emit(
             work, f"followup:{resolved_at.isoformat()}", at, "follow-up",
             f"Resolved {format_duration(follow.follow_up_after_resolved)} ago: follow-up due.",
@@ -1043,9 +1303,9 @@ def _follow_up(ctx: _Context, work: _Work, at: datetime) -> None:
         )
     if resolved_at + follow.close_after_resolved <= at:
         work.status = EscalationStatus.CLOSED
-        values = _values(policy, work, at)
+        values = _values(policy, work)
         values["close_after"] = format_duration(follow.close_after_resolved)
-        body, public = render(policy.templates, "closed", values)
+        body, public = _render(policy, work, at, "closed", values)
         ctx.emit(
             work, f"close:{resolved_at.isoformat()}", at, "closed",
             f"Closed {format_duration(follow.close_after_resolved)} after resolution.",
@@ -1096,51 +1356,80 @@ def _evaluate(
 
 
 def _best_candidate(ctx: _Context, policy: Policy, work: _Work, at: datetime) -> _Candidate | None:
+    data = ctx.derived(policy)
+    ticket = work.ticket
+    level = work.tier
+    fired = work.fired_criteria
+    # The pending move, the criteria that do not look at the time and the matrix decide from
+    # these alone. When they found nothing for these very objects before, they find nothing now,
+    # and only the candidates that depend on the time (or on plugins) are looked at again.
+    facts = (
+        ticket, level, fired, work.department, work.management_level, work.matrix_tier,
+        work.found_keywords, work.pending_move,
+    )
+    quiet = data.quiet is not None and _same(data.quiet, facts)
+    forced_after = data.forced_after.get(level)
+    if quiet and data.timed_movers.get(level) is False:
+        # Only the time-box can move it now (the same test as at the end, alone).
+        if forced_after is None or f"timebox:{work.moves}" in fired:
+            return None
+        if not _reached(_tier_due(policy, work, forced_after), at):
+            return None
     found: list[_Candidate] = []
+    timeless = 0  # candidates found that do not depend on the time
     pending = work.pending_move
-    if pending is not None and (
-        pending["to_tier"] > work.tier or PathKind(pending["path"]) is not PathKind.INTERNAL
+    if not quiet and pending is not None and (
+        pending["to_tier"] > level or PathKind(pending["path"]) is not PathKind.INTERNAL
     ):
         found.append(_Candidate(**{**pending, "path": PathKind(pending["path"])}))
-    ticket = work.ticket
-    movers = _derived(policy).movers.get(work.tier)
-    for criterion in policy.criteria if movers is None else movers:
-        if criterion.id in work.fired_criteria:
+        timeless += 1
+    movers = data.movers.get(level)
+    tiers = data.tiers
+    for mover in data.all_movers if movers is None else movers:
+        if quiet and not mover.timed:
             continue
-        move = criterion.then
-        if move.path is PathKind.INTERNAL:
-            if move.to_tier is None or move.to_tier <= work.tier or move.to_tier not in policy.tiers_by_level:
-                continue
-        elif move.path is PathKind.FUNCTIONAL:
-            if move.department == work.department or move.department not in policy.paths.functional:
-                continue
-        elif (move.level or 0) <= (work.management_level or 0):
+        if mover.id in fired:
             continue
-        said = _match(ctx, policy, work, criterion.when, at)
+        path = mover.path
+        if path is PathKind.INTERNAL:
+            to_tier = mover.to_tier
+            if to_tier is None or to_tier <= level or to_tier not in tiers:
+                continue
+        elif path is PathKind.FUNCTIONAL:
+            if mover.department == work.department or mover.department not in data.functional:
+                continue
+        elif (mover.level or 0) <= (work.management_level or 0):
+            continue
+        if not mover.screen.may_hold(policy, work):
+            continue
+        said = _match(ctx, policy, work, mover.when, at)
         if said is None:
             continue
+        if not mover.timed:
+            timeless += 1
+        move = mover.then
         found.append(
             _Candidate(
-                path=move.path,
-                to_tier=move.to_tier or work.tier,
+                path=path,
+                to_tier=move.to_tier or level,
                 department=move.department,
                 level=move.level,
-                reasons=[f"{said} (criterion {criterion.id})"],
-                criteria=[criterion.id],
+                reasons=[f"{said} (criterion {mover.id})"],
+                criteria=[mover.id],
                 priority=move.priority,
                 bypass_timebox=move.bypass_timebox,
                 bypass_required_information=move.bypass_required_information,
-                source=criterion.id,
-                mark=criterion.id,
+                source=mover.id,
+                mark=mover.id,
                 template=move.template,
             )
         )
-    cell = _cell(policy, ticket)
+    cell = None if quiet else _cell(policy, ticket)
     if (
         cell is not None
-        and cell.tier > work.tier
+        and cell.tier > level
         and cell.tier > (work.matrix_tier or 0)
-        and cell.tier in policy.tiers_by_level
+        and cell.tier in tiers
     ):
         found.append(
             _Candidate(
@@ -1155,31 +1444,27 @@ def _best_candidate(ctx: _Context, policy: Policy, work: _Work, at: datetime) ->
                 mark=f"matrix:{cell.tier}",
             )
         )
-    tier = policy.tiers_by_level.get(work.tier)
-    forced = f"timebox:{work.moves}"
-    if (
-        tier is not None
-        and tier.timebox is not None
-        and tier.timebox.mode in ("force", "both")
-        and forced not in work.fired_criteria
-        and work.tier + 1 in policy.tiers_by_level
-        and _reached(_tier_due(policy, work, tier.timebox.duration), at)
-    ):
-        found.append(
-            _Candidate(
-                path=PathKind.INTERNAL,
-                to_tier=work.tier + 1,
-                department=None,
-                level=None,
-                reasons=[
-                    f"the time-box of {format_duration(tier.timebox.duration)} at tier {work.tier} "
-                    "ended with the ticket unresolved"
-                ],
-                criteria=[f"timebox-tier-{work.tier}"],
-                source=f"timebox-tier-{work.tier}",
-                mark=forced,
+        timeless += 1
+    if not quiet:
+        data.quiet = facts if not timeless else None
+    if forced_after is not None:
+        forced = f"timebox:{work.moves}"
+        if forced not in fired and _reached(_tier_due(policy, work, forced_after), at):
+            found.append(
+                _Candidate(
+                    path=PathKind.INTERNAL,
+                    to_tier=level + 1,
+                    department=None,
+                    level=None,
+                    reasons=[
+                        f"the time-box of {format_duration(forced_after)} at tier {level} "
+                        "ended with the ticket unresolved"
+                    ],
+                    criteria=[f"timebox-tier-{level}"],
+                    source=f"timebox-tier-{level}",
+                    mark=forced,
+                )
             )
-        )
     if not found:
         return None
     internal = [c for c in found if c.path is PathKind.INTERNAL]
@@ -1208,7 +1493,7 @@ def _try_move(ctx: _Context, policy: Policy, work: _Work, at: datetime, move: _C
         over = _reached(ends, at)
         if timebox.mode in ("gate", "both") and not over and not move.bypass_timebox:
             target = _place_label(policy, move.to_tier, move.department, move.level)
-            values = _values(policy, work, at)
+            values = _values(policy, work)
             values.update(
                 to_tier_label=target,
                 from_tier_label=_tier_label(policy, work.tier),
@@ -1216,7 +1501,7 @@ def _try_move(ctx: _Context, policy: Policy, work: _Work, at: datetime, move: _C
                 timebox_ends=_when(policy, work.tier, ends) if ends else "the ticket runs again",
                 reason="; ".join(move.reasons),
             )
-            body, public = render(policy.templates, "timebox-refused", values)
+            body, public = _render(policy, work, at, "timebox-refused", values)
             ctx.emit(
                 work, f"gate:{work.moves}:{move.source or move.event_id}", at, "move-refused",
                 f"Not moved to {target}: the time-box of {format_duration(timebox.duration)} at tier "
@@ -1239,9 +1524,9 @@ def _try_move(ctx: _Context, policy: Policy, work: _Work, at: datetime, move: _C
         if missing:
             target_tier = policy.tiers_by_level[move.to_tier]
             labels = ", ".join(item.label for item in missing)
-            values = _values(policy, work, at)
+            values = _values(policy, work)
             values.update(tier_name=target_tier.name, missing=labels, to_tier_label=_tier_label(policy, move.to_tier))
-            body, public = render(policy.templates, target_tier.missing_information_template, values)
+            body, public = _render(policy, work, at, target_tier.missing_information_template, values)
             ids = ",".join(item.id for item in missing)
             ctx.emit(
                 work, f"missing:{work.moves}:{move.to_tier}:{ids}", at, "missing-information",
@@ -1311,9 +1596,9 @@ def _requested_escalation(ctx: _Context, work: _Work, at: datetime, event: Ticke
                 "ask for a de-escalation to move it down"
             )
     if problem is not None:
-        values = _values(policy, work, at)
+        values = _values(policy, work)
         values["reason"] = problem
-        body, public = render(policy.templates, "escalation-refused", values)
+        body, public = _render(policy, work, at, "escalation-refused", values)
         ctx.emit(
             work, f"refuse:{event.id}", at, "move-refused", f"Escalation not made: {problem}.",
             actions=[_comment(policy, work, body, public, "escalation-refused")],
@@ -1341,9 +1626,9 @@ def _requested_deescalation(ctx: _Context, work: _Work, at: datetime, event: Tic
     else:
         problem = _hysteresis(policy, work, at)
     if problem is not None:
-        values = _values(policy, work, at)
+        values = _values(policy, work)
         values["reason"] = problem
-        body, public = render(policy.templates, "deescalation-refused", values)
+        body, public = _render(policy, work, at, "deescalation-refused", values)
         ctx.emit(
             work, f"dnrefuse:{event.id}", at, "move-refused", f"De-escalation not made: {problem}.",
             actions=[_comment(policy, work, body, public, "deescalation-refused")],
@@ -1355,8 +1640,12 @@ def _requested_deescalation(ctx: _Context, work: _Work, at: datetime, event: Tic
 
 def _deescalation_rules(ctx: _Context, work: _Work, at: datetime, event: TicketEvent) -> None:
     policy = ctx.policy_of(work)
-    for rule in policy.deescalation.rules:
+    data = ctx.derived(policy)
+    screens = data.screens
+    for rule in data.deescalation_rules:
         if rule.to_tier >= work.tier or rule.to_tier not in policy.tiers_by_level:
+            continue
+        if not screens[id(rule.when)].may_hold(policy, work):
             continue
         said = _match(ctx, policy, work, rule.when, at)
         if said is None:
@@ -1448,10 +1737,10 @@ def _enter(
     if not hierarchical:
         work.clocks = _new_clocks(policy, work, at)
         repeat_every, _ = _repeat_settings(policy, work)
-        work.notification = NotificationState(
+        work.notification = _construct(NotificationState, dict(
             level=0, sent=1, last_sent_at=at,
             next_at=business_add(_calendar(policy, work), at, repeat_every) if repeat_every else None,
-        )
+        ))
         work.raci = _raci(policy, work)
     top = tier == max(policy.tiers_by_level) and kind in ("escalated", "opened") and tier > 1
     skipped = kind == "escalated" and tier - from_tier > 1
@@ -1525,16 +1814,16 @@ def _entry_actions(
         recipients = (*recipients, *[r for r in _level_recipients(policy, work, 1) if r not in recipients])
     if work.management_level is not None and work.path is PathKind.HIERARCHICAL:
         recipients = _management_people(policy, work.management_level)
-    values = _values(policy, work, work.as_of)
+    values = _values(policy, work)
     values.update(
         from_tier_label=_tier_label(policy, from_tier) if from_tier is not None else "",
         to_tier_label=_place_label(policy, work.tier, work.department, work.management_level if work.path is PathKind.HIERARCHICAL else None),
         reason=reason,
     )
-    body, public = render(policy.templates, "notification", values)
+    body, public = _render(policy, work, work.as_of, "notification", values)
     actions.extend(_notify(policy, work, recipients, body))
     if template is not None:
-        text, public = render(policy.templates, template, values)
+        text, public = _render(policy, work, work.as_of, template, values)
         actions.append(_comment(policy, work, text, public, template))
     return actions
 
@@ -1637,8 +1926,95 @@ def _match(ctx: _Context, policy: Policy, work: _Work, when: Conditions, at: dat
 
 
 def _keywords_present(work: _Work, keywords: Iterable[str]) -> list[str]:
-    text = f"{work.ticket.subject}\n{work.ticket.description}".lower()
+    text = _ticket_text(work.ticket)
     return [k for k in keywords if k.lower() in text or k.lower() in work.found_keywords]
+
+
+def _ticket_text(ticket: Ticket) -> str:
+    """The subject and description of ``ticket``, lowercased, for keyword searches."""
+    global _last_text
+    if _last_text[0] is not ticket:  # a decision searches the same ticket again and again
+        _last_text = (ticket, f"{ticket.subject}\n{ticket.description}".lower())
+    return _last_text[1]
+
+
+_last_text: tuple[Ticket | None, str] = (None, "")
+
+
+class _Mover:
+    """A criterion as the candidate search reads it: its parts taken out of the models once."""
+
+    __slots__ = (
+        "criterion", "id", "when", "then", "path", "to_tier", "department", "level", "screen",
+        "timed",
+    )
+
+    def __init__(self, criterion: Criterion, screen: _Screen):
+        self.criterion = criterion
+        self.id = criterion.id
+        self.when = criterion.when
+        self.then = move = criterion.then
+        self.path = move.path
+        self.to_tier = move.to_tier
+        self.department = move.department
+        self.level = move.level
+        self.screen = screen
+        self.timed = screen.timed
+
+
+class _Screen:
+    """The conditions of a criterion that the ticket alone decides, to check before :func:`_match`.
+
+    :func:`_match` tells in words why conditions hold, which costs more than the test itself, and
+    nearly every test fails. This checks the same conditions the same way without the words: if
+    one fails, :func:`_match` would return None before reaching plugin conditions, so skipping it
+    changes nothing. Conditions on time are left to :func:`_match`.
+    """
+
+    __slots__ = (
+        "tier", "severity", "priority", "status", "users", "organizations", "tags", "vip", "keywords",
+        "timed",
+    )
+
+    def __init__(self, when: Conditions):
+        self.tier = tuple(when.tier) or None
+        self.severity = tuple(when.severity) or None
+        self.priority = tuple(when.priority) or None
+        self.status = tuple(when.status) or None
+        self.users = when.users_affected_at_least
+        self.organizations = tuple(when.organizations) or None
+        self.tags = tuple(when.tags_any) or None
+        self.vip = when.vip
+        self.keywords = tuple(when.keywords_any) or None
+        # Whether the conditions may hold at one time and not at another, or need a plugin.
+        self.timed = bool(
+            when.days or when.between or when.unresolved_for is not None
+            or when.at_tier_for is not None or when.extra
+        )
+
+    def may_hold(self, policy: Policy, work: _Work) -> bool:
+        ticket = work.ticket
+        if self.tier is not None and work.tier not in self.tier:
+            return False
+        if self.severity is not None and ticket.severity not in self.severity:
+            return False
+        if self.priority is not None and ticket.priority not in self.priority:
+            return False
+        if self.status is not None and ticket.status_category not in self.status:
+            return False
+        if self.users is not None and (ticket.users_affected or 0) < self.users:
+            return False
+        if self.organizations is not None and ticket.organization not in self.organizations:
+            return False
+        if self.tags is not None:
+            tags = ticket.tags
+            if not any(t in tags for t in self.tags):
+                return False
+        if self.vip is not None and bool(_vip(policy, ticket)) != self.vip:
+            return False
+        if self.keywords is not None and not _keywords_present(work, self.keywords):
+            return False
+        return True
 
 
 def _vip(policy: Policy, ticket: Ticket) -> str | None:
@@ -1679,9 +2055,9 @@ def _ask_missing_information(ctx: _Context, work: _Work, at: datetime, tier: int
         return
     spec = policy.tiers_by_level[tier]
     labels = ", ".join(item.label for item in missing)
-    values = _values(policy, work, at)
+    values = _values(policy, work)
     values.update(tier_name=spec.name, missing=labels, to_tier_label=_tier_label(policy, tier))
-    body, public = render(policy.templates, spec.missing_information_template, values)
+    body, public = _render(policy, work, at, spec.missing_information_template, values)
     ids = ",".join(item.id for item in missing)
     ctx.emit(
         work, f"missing:{work.moves}:{tier}:{ids}", at, "missing-information",
@@ -1776,14 +2152,41 @@ def _raci(policy: Policy, work: _Work) -> RACI:
     return found
 
 
+class _Place:
+    """Where one placement's actions go and who hears of it: fixed per tier, department and
+    ticket system, so worked out once per policy (see :func:`_place`)."""
+
+    __slots__ = ("target", "channels", "recipients", "people")
+
+    def __init__(self, policy: Policy, work: _Work):
+        self.target = _find_target(policy, work)
+        self.channels = tuple(_find_channels(policy, work))
+        self.recipients: dict[int, tuple[str, ...]] = {}  # by notification level, on first use
+        self.people: dict[tuple[str, ...], tuple[str, ...]] = {}  # recipients -> their addresses
+
+
+def _place(policy: Policy, work: _Work) -> _Place:
+    """The :class:`_Place` of the work's current placement under ``policy``."""
+    global _last_place
+    data = _derived(policy)
+    ticket = work.ticket
+    tier, department = work.tier, work.department
+    last = _last_place
+    if last[0] is data and last[1] is ticket and last[2] == tier and last[3] == department:
+        return last[4]  # a decision asks about the same placement again and again
+    key = (tier, department, ticket.system)
+    place = data.places.get(key)
+    if place is None:
+        place = data.places[key] = _Place(policy, work)
+    _last_place = (data, ticket, tier, department, place)
+    return place
+
+
+_last_place: tuple[Any, ...] = (None, None, None, None, None)
+
+
 def _target(policy: Policy, work: _Work) -> dict[str, Any] | None:
-    table = _derived(policy).placement
-    key = ("target", work.tier, work.department, work.ticket.system)
-    try:
-        return table[key]
-    except KeyError:
-        found = table[key] = _find_target(policy, work)
-        return found
+    return _place(policy, work).target
 
 
 def _find_target(policy: Policy, work: _Work) -> dict[str, Any] | None:
@@ -1804,11 +2207,10 @@ def _management_people(policy: Policy, level: int) -> tuple[str, ...]:
 
 def _level_recipients(policy: Policy, work: _Work, level: int) -> tuple[str, ...]:
     """Who hears at notification ``level``: 0 Responsible and Informed, 1 Accountable, 2+ managers."""
-    table = _derived(policy).placement
-    key = ("recipients", work.tier, work.department, work.ticket.system, level)
-    found = table.get(key)
+    table = _place(policy, work).recipients
+    found = table.get(level)
     if found is None:
-        found = table[key] = tuple(_find_recipients(policy, work, level))
+        found = table[level] = tuple(_find_recipients(policy, work, level))
     return found
 
 
@@ -1845,12 +2247,7 @@ def _level_name(policy: Policy, level: int) -> str:
 
 
 def _channels(policy: Policy, work: _Work) -> tuple[str, ...]:
-    table = _derived(policy).placement
-    key = ("channels", work.tier, work.department)
-    found = table.get(key)
-    if found is None:
-        found = table[key] = tuple(_find_channels(policy, work))
-    return found
+    return _place(policy, work).channels
 
 
 def _find_channels(policy: Policy, work: _Work) -> list[str]:
@@ -1864,19 +2261,21 @@ def _find_channels(policy: Policy, work: _Work) -> list[str]:
 def _notify(
     policy: Policy, work: _Work, recipients: Iterable[str], body: str, *, urgency_bonus: int = 0
 ) -> list[dict[str, Any]]:
-    table = _derived(policy).placement
-    key = ("people", tuple(recipients))
-    people = table.get(key)
+    place = _place(policy, work)
+    recipients = tuple(recipients)
+    people = place.people.get(recipients)
     if people is None:
-        people = table[key] = tuple(_person_ref(policy, name, "email") for name in recipients)
-    target = _target(policy, work)
+        people = place.people[recipients] = tuple(_person_ref(policy, name, "email") for name in recipients)
+    target = place.target
     tier = work.tier
     urgency = tier * 10 + urgency_bonus
-    return [
-        dict(kind=ActionKind.NOTIFY, tier=tier, urgency=urgency, target=target, channel=channel,
-             recipients=people, body=body)
-        for channel in _channels(policy, work)
-    ]
+    actions = []
+    for channel in place.channels:
+        actions.append({
+            "kind": ActionKind.NOTIFY, "tier": tier, "urgency": urgency, "target": target,
+            "channel": channel, "recipients": people, "body": body,
+        })
+    return actions
 
 
 def _comment(policy: Policy, work: _Work, body: str, public: bool, template: str) -> dict[str, Any]:
@@ -1884,10 +2283,11 @@ def _comment(policy: Policy, work: _Work, body: str, public: bool, template: str
 
 
 def _action(policy: Policy, work: _Work, kind: ActionKind, *, urgency_bonus: int = 0, **fields: Any) -> dict[str, Any]:
-    return dict(
-        kind=kind, tier=work.tier, urgency=work.tier * 10 + urgency_bonus, target=_target(policy, work),
-        **fields,
-    )
+    tier = work.tier
+    return {
+        "kind": kind, "tier": tier, "urgency": tier * 10 + urgency_bonus,
+        "target": _target(policy, work), **fields,
+    }
 
 
 def _person_ref(policy: Policy, name: str, system: str) -> str:
@@ -1949,35 +2349,99 @@ def _when(policy: Policy, tier: int, at: datetime | None) -> str:
     if at is None:
         return "never"
     tz = _derived(policy).tier_zones.get(tier) or zone(_tz_name(policy, tier))
+    # The same instants are written again and again (a breach time in every warning, the tier's
+    # entry in every repeat), so the text is remembered per datetime object and zone; the entry
+    # keeps the object, so its id is not reused while it is there.
+    key = (id(at), tz)
+    found = _WRITTEN.get(key)
+    if found is not None and found[0] is at:
+        return found[1]
     local = at.astimezone(tz)
     # strftime("%a %Y-%m-%d %H:%M %Z") in the C locale, which is what Escalier writes, at a
     # fraction of the cost.
-    return (
+    text = (
         f"{_DAY_NAMES[local.weekday()]} {local.year}-{local.month:02d}-{local.day:02d} "
         f"{local.hour:02d}:{local.minute:02d} {local.tzname() or ''}"
     )
+    if len(_WRITTEN) >= _CACHE_LIMIT:
+        _WRITTEN.clear()
+    _WRITTEN[key] = (at, text)
+    return text
 
 
-def _values(policy: Policy, work: _Work, at: datetime | None) -> dict[str, Any]:
-    ticket = work.ticket
-    spec = policy.tiers_by_level.get(work.tier)
-    return {
+_WRITTEN: dict[tuple[int, Any], tuple[datetime, str]] = {}
+
+
+def _values(policy: Policy, work: _Work) -> dict[str, Any]:
+    """The placeholders every template may use; ``now`` is added by :func:`_render`."""
+    global _last_values
+    data = _derived(policy)  # compared rather than the policy, which the slot must not keep alive
+    ticket, tier, priority = work.ticket, work.tier, work.priority
+    last = _last_values
+    if last[0] is data and last[1] is ticket and last[2] == tier and last[3] == priority:
+        return last[4].copy()  # the same ticket at the same tier fills the same values
+    spec = policy.tiers_by_level.get(tier)
+    values = {
         "system": ticket.system,
         "ticket_id": ticket.id,
         "subject": ticket.subject,
-        "tier": work.tier,
+        "tier": tier,
         "tier_name": spec.name if spec is not None else "",
-        "tier_label": _tier_label(policy, work.tier),
-        "priority": work.priority or ticket.priority or "",
+        "tier_label": _tier_label(policy, tier),
+        "priority": priority or ticket.priority or "",
         "severity": ticket.severity or "",
-        "now": _when(policy, work.tier, at),
         "reason": "",
     }
+    _last_values = (data, ticket, tier, priority, values)
+    return values.copy()
+
+
+_last_values: tuple[Any, ...] = (None, None, None, None, None)
+
+
+def _render(
+    policy: Policy, work: _Work, at: datetime | None, name: str, values: dict[str, Any]
+) -> tuple[str, bool]:
+    """:func:`render` template ``name`` with ``values`` and ``now``, the time ``at`` at the tier."""
+    # Writing a time is the dearest placeholder and few templates show it: fill it only for those.
+    fields = _template_fields(policy, name)
+    if fields is None or "now" in fields:
+        values["now"] = _when(policy, work.tier, at)
+    return render(policy.templates, name, values)
+
+
+def _template_fields(policy: Policy, name: str) -> frozenset[str] | None:
+    """The placeholders template ``name`` fills, by their first name; None when unsure."""
+    known = _derived(policy).template_fields
+    try:
+        return known[name]
+    except KeyError:
+        pass
+    spec = policy.templates.get(name) or DEFAULT_TEMPLATES.get(name)
+    text = spec.text if spec is not None else "[escalier] {reason}"
+    found: frozenset[str] | None
+    try:
+        names = set()
+        for _, field, spec_text, _ in _FORMATTER.parse(text):
+            if field is None:
+                continue
+            if spec_text and "{" in spec_text:
+                raise ValueError("a placeholder inside a format spec")
+            names.add(_FIELD_ROOT.split(field, 1)[0])
+        found = frozenset(names)
+    except ValueError:  # whatever render makes of it, it may use any value
+        found = None
+    known[name] = found
+    return found
+
+
+_FORMATTER = string.Formatter()
+_FIELD_ROOT = re.compile(r"[.\[]")
 
 
 def _clock_values(
-    policy: Policy, work: _Work, clock: SlaClock, at: datetime, due: datetime | None
+    policy: Policy, work: _Work, clock: SlaClock, due: datetime | None
 ) -> dict[str, Any]:
-    values = _values(policy, work, at)
+    values = _values(policy, work)
     values.update(clock=clock.name, target=format_duration(clock.target), due=_when(policy, work.tier, due))
     return values
