@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from runtime_support import DESK
+from runtime_support import DESK, keys_in_store
 from sqlalchemy import func, select
 
 from escalier.runtime.testing import Upstream, deliver, event_body
@@ -75,12 +75,7 @@ def assert_exactly_once_in_order(engine, upstream: Upstream, escalation_count: i
     with engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(escalations)).scalar_one() == escalation_count
         states = set(connection.execute(select(outbox.c.state)).scalars())
-        rows = connection.execute(
-            select(outbox.c.ticket_id, outbox.c.idempotency_key).order_by(outbox.c.ticket_id, outbox.c.seq)
-        ).all()
-    expected: dict[str, list[str]] = {}
-    for row in rows:
-        expected.setdefault(row.ticket_id, []).append(row.idempotency_key)
+    expected = keys_in_store(engine)
     assert states == {"done"}
     assert upstream.duplicates == 0
     written = upstream.keys_by_ticket()

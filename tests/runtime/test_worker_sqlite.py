@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from runtime_support import keys_in_store
 from sqlalchemy import func, select
 
 from escalier.core.hookspecs import hookimpl
@@ -57,23 +58,12 @@ def drain(worker: Worker, clock: FakeClock, *, step: float = 0.0, limit: int = 2
     raise AssertionError("the worker never ran dry")
 
 
-def keys_in_store(store: Store) -> dict[str, list[str]]:
-    with store.engine.connect() as connection:
-        rows = connection.execute(
-            select(outbox.c.ticket_id, outbox.c.idempotency_key).order_by(outbox.c.ticket_id, outbox.c.seq)
-        ).all()
-    found: dict[str, list[str]] = {}
-    for row in rows:
-        found.setdefault(row.ticket_id, []).append(row.idempotency_key)
-    return found
-
-
 def assert_landed_once_in_order(store: Store, upstream: Upstream) -> None:
     assert upstream.duplicates == 0
-    assert upstream.keys_by_ticket() == keys_in_store(store)
+    assert upstream.keys_by_ticket() == keys_in_store(store.engine)
     with store.engine.connect() as connection:
         states = dict(connection.execute(select(outbox.c.state, func.count()).group_by(outbox.c.state)).all())
-    assert states == {"done": sum(len(v) for v in keys_in_store(store).values())}
+    assert states == {"done": sum(len(v) for v in keys_in_store(store.engine).values())}
 
 
 def test_deliveries_become_decisions_and_ordered_upstream_writes(
@@ -163,7 +153,7 @@ def test_refused_actions_become_dead_letters_and_later_actions_proceed(
     drain(worker, clock)
     letters = store.dead_letters()
     assert {letter.ticket_id for letter in letters} == {"T-bad"}
-    assert len(letters) == len(keys_in_store(store)["T-bad"])  # refused at once, each of them
+    assert len(letters) == len(keys_in_store(store.engine)["T-bad"])  # refused at once, each of them
     assert all("RejectedError" in letter.error for letter in letters)
     assert "T-ok" in upstream.keys_by_ticket() and "T-bad" not in upstream.keys_by_ticket()
 

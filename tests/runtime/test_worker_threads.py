@@ -11,6 +11,7 @@ from typing import Any
 
 import pluggy
 import pytest
+from runtime_support import keys_in_store
 from sqlalchemy import func, select, update
 
 from escalier.core.engine import decide
@@ -142,16 +143,10 @@ def test_run_applies_every_action_once_in_order_from_its_own_thread(
         wait_for(lambda: pending(store) == 0 and len(live_upstream.written()) > 0, timeout=60)
     assert "error" not in outcome
     done: Pass = outcome["done"]
-    with store.engine.connect() as connection:
-        rows = connection.execute(
-            select(outbox.c.ticket_id, outbox.c.idempotency_key).order_by(outbox.c.ticket_id, outbox.c.seq)
-        ).all()
-    expected: dict[str, list[str]] = {}
-    for row in rows:
-        expected.setdefault(row.ticket_id, []).append(row.idempotency_key)
+    expected = keys_in_store(store.engine)
     assert live_upstream.duplicates == 0
     assert live_upstream.keys_by_ticket() == expected
-    assert done.deliveries == 20 and done.actions == len(rows)
+    assert done.deliveries == 20 and done.actions == sum(len(keys) for keys in expected.values())
 
 
 def test_a_timer_is_decided_on_time_while_the_upstream_is_slow(
