@@ -7,8 +7,10 @@ Bad input is a 4xx; failing to store is the only 5xx (503, so the sender retries
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import re
 import uuid
 from collections.abc import Mapping
@@ -105,8 +107,7 @@ def create_app(settings: ReceiverSettings, *, plugin_manager: pluggy.PluginManag
     app.add_url_rule("/healthz", "healthz", _healthz, methods=["GET"])
     app.add_url_rule("/readyz", "readyz", _readyz, methods=["GET"])
     app.add_url_rule("/metrics", "metrics", _metrics_view, methods=["GET"])
-    app.before_request(_assign_request_id)
-    app.after_request(_echo_request_id)
+    app.wsgi_app = _RequestIds(app.wsgi_app)  # type: ignore[method-assign]
     app.register_error_handler(Rejected, _rejected)
     app.register_error_handler(WebhookRejected, _rejected)
     app.register_error_handler(StoreError, _store_failed)
@@ -133,14 +134,50 @@ def _receiver() -> Receiver:
     return current_app.extensions["escalier"]
 
 
-def _assign_request_id() -> None:
-    given = request.headers.get("X-Request-Id", "")
-    g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+class _RequestIds:
+    """WSGI middleware: every request gets an id (the sender's, if it is sane) and echoes it.
+
+    Outside Flask's hooks so that every response carries it, error pages included, and because a
+    webhook request is cheap enough that the hooks' machinery is a visible part of it.
+    """
+
+    def __init__(self, wsgi_app: Any) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        given = environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = given if given and _REQUEST_ID.match(given) else _new_request_id()
+        environ[_REQUEST_ID_KEY] = request_id
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            headers.append(("X-Request-Id", request_id))
+            return start_response(status, headers, exc_info)
+
+        return self.wsgi_app(environ, start)
 
 
-def _echo_request_id(response: Response) -> Response:
-    response.headers["X-Request-Id"] = g.get("request_id") or uuid.uuid4().hex
-    return response
+_REQUEST_ID_KEY = "escalier.request_id"
+
+
+def _new_request_id() -> str:
+    """A request id unique across processes and restarts: a random prefix per process, then a
+    count (uuid4 per request reads the system's random source each time)."""
+    return f"{_id_prefix}{next(_id_count):08x}"
+
+
+def _reset_request_ids() -> None:
+    global _id_prefix, _id_count
+    _id_prefix = uuid.uuid4().hex[:16]
+    _id_count = itertools.count()
+
+
+_reset_request_ids()
+# A forked worker must not repeat its parent's ids.
+os.register_at_fork(after_in_child=_reset_request_ids)
+
+
+def _request_id() -> str | None:
+    return request.environ.get(_REQUEST_ID_KEY)
 
 
 def _error(status: int, code: str, reason: str) -> Response:
@@ -149,9 +186,28 @@ def _error(status: int, code: str, reason: str) -> Response:
     return response
 
 
-def _kept_headers(spec: WebhookSpec) -> dict[str, str]:
+def _kept_headers(environ: Mapping[str, Any]) -> dict[str, str]:
+    """The request's headers by their usual names (as ``request.headers`` gives them), less
+    those that carry a credential or a signature: never stored."""
     kept = {}
-    for name, value in request.headers.items():
+    for key, value in environ.items():
+        name = _HEADER_NAMES.get(key, _UNSEEN)
+        if name is _UNSEEN:
+            name = _header_name(key)
+        if name is not None and (value or not key.startswith("CONTENT_")):
+            kept[name] = value
+    return kept
+
+
+def _header_name(key: str) -> str | None:
+    """The header name of WSGI environ ``key``; None for what is not a header, or not kept."""
+    if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        name: str | None = key.replace("_", "-").title()
+    elif key.startswith("HTTP_") and key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+        name = key[5:].replace("_", "-").title()
+    else:
+        name = None
+    if name is not None:
         lower = name.lower()
         if (
             lower in _SECRET_HEADERS
@@ -159,9 +215,15 @@ def _kept_headers(spec: WebhookSpec) -> dict[str, str]:
             or lower.startswith("x-hub-signature")
             or any(word in lower for word in _SECRET_WORDS)
         ):
-            continue
-        kept[name] = value
-    return kept
+            name = None
+    # Senders use a handful of names; a flood of new ones is worked out each time, not kept.
+    if len(_HEADER_NAMES) < 4096:
+        _HEADER_NAMES[key] = name
+    return name
+
+
+_HEADER_NAMES: dict[str, str | None] = {}
+_UNSEEN = object()
 
 
 def _parse(body: bytes) -> dict[str, Any]:
@@ -180,43 +242,46 @@ def _receive(spec: WebhookSpec, instance: str) -> Response:
     settings = receiver.settings
     source = spec.name
     g.source = source
+    # The request object itself: each attribute read through the proxy looks the context up.
+    request_ = request._get_current_object()  # type: ignore[attr-defined]
+    headers = request_.headers
     receiver.counters.inc("escalier_webhooks_received_total", source=source)
     secrets = settings.secrets.get((source, instance))
     if not secrets:
         raise Rejected(
             "unknown_instance", f"no {source} instance named {instance[:64]!r} is configured", status=404
         )
-    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+    if request_.content_length is not None and request_.content_length > settings.max_body_bytes:
         raise Rejected("body_too_large", "the body is larger than the limit", status=413)
-    if request.mimetype not in spec.content_types:
+    if request_.mimetype not in spec.content_types:
         raise Rejected(
             "unsupported_media_type",
             f"the body must be sent as {' or '.join(spec.content_types)}",
             status=415,
         )
-    body = request.get_data(cache=False)
+    body = request_.get_data(cache=False)
     if len(body) > settings.max_body_bytes:
         raise Rejected("body_too_large", "the body is larger than the limit", status=413)
     now = settings.clock()
-    signed = spec.verify(request.headers, body, secrets, now)
+    signed = spec.verify(headers, body, secrets, now)
     if signed is not None and abs(now - signed) > settings.replay_tolerance:
         raise Rejected(
             "replayed", "the signed timestamp is outside the replay tolerance (stale or replayed)"
         )
     payload = _parse(body)
-    sent = spec.sent_at(request.headers, payload) if spec.sent_at else None
+    sent = spec.sent_at(headers, payload) if spec.sent_at else None
     # Jira signs no timestamp and retries for about 30 minutes: its payload's own timestamp gets
     # the wider window, and the delivery id catches a replay inside it.
     if sent is not None and abs(now - sent) > settings.payload_max_age:
         raise Rejected(
             "replayed", "the payload's timestamp is outside the replay window (stale or replayed)"
         )
-    delivery_id = spec.delivery_id(request.headers, payload)
+    delivery_id = spec.delivery_id(headers, payload)
     if delivery_id is not None and not _PRINTABLE_ID.match(delivery_id):
         raise Rejected(
             "bad_delivery_id", "the delivery id must be 1 to 255 printable characters", status=400
         )
-    event_type = spec.event_type(request.headers, payload)
+    event_type = spec.event_type(headers, payload)
     state, error = "pending", None
     if not spec.handles(event_type):
         state, error = "ignored", "unhandled-event"
@@ -226,7 +291,7 @@ def _receive(spec: WebhookSpec, instance: str) -> Response:
         source=source,
         instance=instance,
         body=body,
-        headers=_kept_headers(spec),
+        headers=_kept_headers(request_.environ),
         received_at=now,
         delivery_id=delivery_id,
         event_type=event_type[:255] if event_type else None,
@@ -237,7 +302,7 @@ def _receive(spec: WebhookSpec, instance: str) -> Response:
     )
     outcome = receiver.committer.accept(delivery)
     context = {
-        "request_id": g.request_id,
+        "request_id": request_.environ.get(_REQUEST_ID_KEY),
         "source": source,
         "instance": instance,
         "delivery_id": delivery_id,
@@ -269,7 +334,7 @@ def _rejected(exc: Rejected | WebhookRejected) -> Response:
     receiver.counters.inc("escalier_webhooks_rejected_total", source=source, reason=exc.code)
     log.warning(
         "webhook.rejected",
-        extra={"request_id": g.get("request_id"), "source": source, "reason": exc.code,
+        extra={"request_id": _request_id(), "source": source, "reason": exc.code,
                "status": exc.status},
     )
     return _error(exc.status, exc.code, exc.reason)
@@ -278,7 +343,7 @@ def _rejected(exc: Rejected | WebhookRejected) -> Response:
 def _store_failed(exc: StoreError) -> Response:
     log.error(
         "webhook.store_failed",
-        extra={"request_id": g.get("request_id"), "source": g.get("source"), "error": str(exc)},
+        extra={"request_id": _request_id(), "source": g.get("source"), "error": str(exc)},
     )
     response = _error(503, "store_unavailable", "the delivery could not be stored; retry later")
     response.headers["Retry-After"] = "5"
@@ -297,7 +362,7 @@ def _http_error(exc: HTTPException) -> Response:
 
 
 def _unexpected(exc: Exception) -> Response:
-    log.exception("webhook.internal_error", extra={"request_id": g.get("request_id")})
+    log.exception("webhook.internal_error", extra={"request_id": _request_id()})
     return _error(500, "internal_error", "an unexpected error occurred")
 
 
