@@ -398,3 +398,56 @@ def test_from_policy_reads_secrets_and_identities():
     with pytest.raises(ConfigError) as caught:
         ReceiverSettings.from_policy(policy, {}, "sqlite:///x.db")
     assert "JIRA_HOOK_OLD" in str(caught.value) and "ZD_EMEA" in str(caught.value)
+
+
+def test_stored_headers_are_the_requests_headers_less_credentials():
+    from werkzeug.datastructures import EnvironHeaders
+
+    from escalier.webhooks.app import _kept_headers
+
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "CONTENT_TYPE": "application/json; charset=utf-8",
+        "CONTENT_LENGTH": "",
+        "HTTP_CONTENT_TYPE": "text/plain",
+        "HTTP_USER_AGENT": "Zendesk Webhook",
+        "HTTP_X_ZENDESK_WEBHOOK_INVOCATION_ID": "inv-1",
+        "HTTP_X_ZENDESK_WEBHOOK_SIGNATURE": "c2lnbmF0dXJl",
+        "HTTP_X_HUB_SIGNATURE_256": "sha256=00",
+        "HTTP_AUTHORIZATION": "Basic Zm9vOmJhcg==",
+        "HTTP_X_API_KEY": "k",
+        "HTTP_X_CUSTOM_SECRET_VALUE": "s",
+        "HTTP_X_EMPTY": "",
+        "wsgi.url_scheme": "https",
+    }
+    expected = {
+        "Content-Type": "application/json; charset=utf-8",
+        "User-Agent": "Zendesk Webhook",
+        "X-Zendesk-Webhook-Invocation-Id": "inv-1",
+        "X-Empty": "",
+    }
+    assert dict(EnvironHeaders(environ)).keys() >= expected.keys()
+    # Asked twice: the second answer comes from the names remembered the first time.
+    assert _kept_headers(environ) == expected
+    assert _kept_headers(environ) == expected
+
+
+def test_made_request_ids_differ_across_forked_workers():
+    import os
+
+    from escalier.webhooks.app import _new_request_id
+
+    mine = _new_request_id()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # a gunicorn worker forked from its master
+        try:
+            os.write(write, _new_request_id().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    theirs = os.read(read, 100).decode()
+    os.close(read)
+    os.waitpid(child, 0)
+    assert theirs and theirs[:16] != mine[:16]
+    assert _new_request_id() != mine
