@@ -124,9 +124,26 @@ def _time(minute: int) -> time | None:
 
 def _instant(at: datetime) -> int:
     try:
-        return (at - _EPOCH) // _MICRO
-    except TypeError:
+        if at.tzinfo is UTC:
+            return (at - _EPOCH) // _MICRO
+        # Outside UTC the subtraction asks the zone for the offset, which costs more than the
+        # rest of a question; the same start is asked about again and again (a ticket's clocks,
+        # its time-box and its notifications all start when it arrives), so remember it by the
+        # object.
+        found = _INSTANTS.get(id(at))
+        if found is not None and found[0] is at:
+            return found[1]
+        instant = (at - _EPOCH) // _MICRO
+    except (AttributeError, TypeError):  # a date, or a datetime without a zone
         raise ValueError(f"{at!r} must be a datetime that carries a time zone") from None
+    if len(_INSTANTS) >= _KEPT_INSTANTS:
+        _INSTANTS.clear()
+    _INSTANTS[id(at)] = (at, instant)  # the entry keeps ``at`` alive, so its id is not reused
+    return instant
+
+
+_INSTANTS: dict[int, tuple[datetime, int]] = {}
+_KEPT_INSTANTS = 4_096
 
 
 def _datetime(instant: int) -> datetime:

@@ -93,6 +93,10 @@ _DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _LIVE_ONLY = ("history", "seen_events", "action_seq", "effects", "log", "checkpoint", "checkpoint_next")
 _CACHE_LIMIT = 20_000
 """Entries a memo of the engine keeps; past that it starts afresh."""
+_MODEL_CACHE_LIMIT = 64
+"""The same for a memo that keeps models alive: the garbage collector goes through each of them
+(clocks, their fields and warnings) at every full collection, which with thousands kept costs
+more than the memo saves. The clocks asked about again are those of the last few decisions."""
 
 
 @dataclass(frozen=True)
@@ -395,13 +399,17 @@ class _Derived:
         # When each opening is due for review, by the opening's datetime object: the same sum is
         # asked for at every step, and one object for it makes the comparisons cheap.
         self.review_dues: dict[int, tuple[datetime, datetime]] = {}
-        # The last deadline scan's inputs and the deadlines it found that do not depend on the
-        # time it was asked at (see _next_due); and the last candidate search whose inputs other
-        # than the time found nothing (see _best_candidate). Consecutive decisions on a ticket,
-        # and the steps within one, mostly ask about unchanged objects. Both are compared by
-        # identity, so a hit is exactly the same question.
-        self.dues_memo: tuple[tuple[Any, ...], list[Any]] | None = None
+        # The last deadline scan's inputs, the deadlines it found that do not depend on the time
+        # it was asked at, and that time with its answer (see _next_due); and the last candidate
+        # search whose inputs other than the time found nothing (see _best_candidate).
+        # Consecutive decisions on a ticket, and the steps within one, mostly ask about unchanged
+        # objects. Both are compared by identity, so a hit is exactly the same question.
+        self.dues_memo: tuple[tuple[Any, ...], list[Any], datetime | None, datetime | None] | None = None
         self.quiet: tuple[Any, ...] | None = None
+        # The clocks last asked about and their deadlines (see _clock_dues), and the last
+        # _tier_due question and its answer, in the same way.
+        self.clock_scan: tuple[tuple[SlaClock, ...], list[datetime | None]] | None = None
+        self.tier_due: tuple[Any, ...] = (None, None, None, None, None)
         # The placeholders each template uses (None: cannot tell, fill them all).
         self.template_fields: dict[str, frozenset[str] | None] = {}
         # The last ticket asked about and its matrix cell: a decision asks for the same one often.
@@ -524,7 +532,7 @@ class _Context:
                 percent = candidate
                 break
         due = _clock_due(policy, clock, percent)
-        if len(dues) >= _CACHE_LIMIT:
+        if len(dues) >= _MODEL_CACHE_LIMIT:
             dues.clear()
         dues[id(clock)] = (clock, percent, due)
         return percent, due
@@ -578,66 +586,65 @@ def _finish(
     replayed: bool = False,
     wake: datetime | None = None,
 ) -> Decision:
-    # Most timers and many events make no effect: then the previous tuples are kept as they are.
-    busy = previous is not None and (bool(ctx.effects) or replayed)
-    done = set(previous.effects) if busy else set()
-    seq = previous.action_seq if previous is not None else 0
-    history = list(previous.history) if busy else []
-    effects = list(previous.effects) if busy else []
+    prior = previous.__dict__ if previous is not None else None
+    seq = prior["action_seq"] if prior is not None else 0
     new_entries: list[HistoryEntry] = []
+    names: list[str] = []
     actions: list[Action] = []
-    fresh = []
-    for effect in ctx.effects:
-        if effect.name not in done:
-            fresh.append(effect)
-    if replayed and previous is not None:
-        fresh.extend(_correction(ctx, previous, work, event, fresh))
-    system, instance, ticket_id = work.system, work.instance, work.ticket_id
-    prefix = f"{system}:{instance}:{ticket_id}"
-    for effect in fresh:
-        name = effect.name
-        if name in done:
-            continue  # made again later in the same decision, e.g. at an event and a deadline
-        done.add(name)
-        effects.append(name)
-        new_entries.append(
-            _model(HistoryEntry, effect.entry, {"at", "kind", "reason", "policy_version", "effect", *effect.given})
-        )
-        for spec in effect.actions:
-            seq += 1
-            # Built without validation: _action and its callers always give what a kind needs.
-            # The same values, order and fields-set as _construct(Action, {key..., **spec}):
-            # the template holds the defaults in field order and then the required fields.
-            values = _ACTION_TEMPLATE.copy()
-            values.update(spec)
-            values["key"] = f"{prefix}:{seq}"
-            values["system"] = system
-            values["instance"] = instance
-            values["ticket_id"] = ticket_id
-            actions.append(_model(Action, values, {"key", "system", "instance", "ticket_id", *spec}))
+    # Most timers and many events make no effect: then there is nothing to sort out.
+    if ctx.effects or replayed:
+        done = set(prior["effects"]) if prior is not None else set()
+        fresh = [effect for effect in ctx.effects if effect.name not in done]
+        if replayed and previous is not None:
+            fresh.extend(_correction(ctx, previous, work, event, fresh))
+        system, instance, ticket_id = work.system, work.instance, work.ticket_id
+        prefix = f"{system}:{instance}:{ticket_id}"
+        for effect in fresh:
+            name = effect.name
+            if name in done:
+                continue  # made again later in the same decision, e.g. at an event and a deadline
+            done.add(name)
+            names.append(name)
+            new_entries.append(
+                _model(HistoryEntry, effect.entry, {"at", "kind", "reason", "policy_version", "effect", *effect.given})
+            )
+            for spec in effect.actions:
+                seq += 1
+                # Built without validation: _action and its callers always give what a kind needs.
+                # The same values, order and fields-set as _construct(Action, {key..., **spec}):
+                # the template holds the defaults in field order and then the required fields.
+                values = _ACTION_TEMPLATE.copy()
+                values.update(spec)
+                values["key"] = f"{prefix}:{seq}"
+                values["system"] = system
+                values["instance"] = instance
+                values["ticket_id"] = ticket_id
+                actions.append(_model(Action, values, {"key", "system", "instance", "ticket_id", *spec}))
     # The work is spent after this: its attributes become the new state's fields.
-    if new_entries or previous is None:
-        history.extend(new_entries)
-        work.history = tuple(history[-_MAX_HISTORY:])
-        work.effects = tuple(effects[-_MAX_EFFECTS:])
+    if prior is None:
+        work.history = tuple(new_entries[-_MAX_HISTORY:])
+        work.effects = tuple(names[-_MAX_EFFECTS:])
+    elif new_entries:
+        work.history = (*prior["history"], *new_entries)[-_MAX_HISTORY:]
+        work.effects = (*prior["effects"], *names)[-_MAX_EFFECTS:]
     else:  # nothing new: keep the previous tuples rather than copy them
-        work.history = previous.history
-        work.effects = previous.effects
+        work.history = prior["history"]
+        work.effects = prior["effects"]
     work.action_seq = seq
     work.wake_at = wake
     if event is not None:
-        seen = previous.seen_events if previous is not None else ()
+        seen = prior["seen_events"] if prior is not None else ()
         work.seen_events = (*seen, event.id)[-_MAX_SEEN:]
         work.log = log if log is not None else ()
         work.checkpoint = checkpoint
         work.checkpoint_next = checkpoint_next
         if work.last_event_at is None or _later(event.occurred_at, work.last_event_at):
             work.last_event_at = event.occurred_at
-    elif previous is not None:
-        work.seen_events = previous.seen_events
-        work.log = previous.log
-        work.checkpoint = previous.checkpoint
-        work.checkpoint_next = previous.checkpoint_next
+    elif prior is not None:
+        work.seen_events = prior["seen_events"]
+        work.log = prior["log"]
+        work.checkpoint = prior["checkpoint"]
+        work.checkpoint_next = prior["checkpoint_next"]
     values = work.__dict__
     state = _model(EscalationState, values, _fields_set(values))
     return _decision(state, tuple(actions), wake, tuple(new_entries))
@@ -695,8 +702,7 @@ def _correction(
 # --- opening ----------------------------------------------------------------------------------
 
 
-def _opened_base(ctx: _Context, ticket: Ticket) -> EscalationState:
-    policy = ctx.current
+def _opened_work(ctx: _Context, ticket: Ticket) -> _Work:
     at = ticket.created_at
     given = dict(
         system=ticket.system,
@@ -710,12 +716,14 @@ def _opened_base(ctx: _Context, ticket: Ticket) -> EscalationState:
         as_of=at,
         active_since=at,
     )
-    # What EscalationState(**given) holds, without validating values that are valid already
+    # The fields of EscalationState(**given), without validating values that are valid already
     # (a validated ticket, its aware creation time, a tier of the policy): every field in field
-    # order, the given ones set.
-    values = _fresh_state().copy()
+    # order. The work needs no model of them, only the values.
+    work = _Work.__new__(_Work)
+    values = work.__dict__
+    values.update(_fresh_state())
     values.update(given)
-    return _model(EscalationState, values, set(given))
+    return work
 
 
 def _fresh_state() -> dict[str, Any]:
@@ -734,7 +742,7 @@ _STATE_FIELDS = frozenset(EscalationState.model_fields)
 def _open(ctx: _Context, ticket: Ticket, event: TicketEvent) -> _Work:
     """Start tracking a ticket: place it where the matrix says, or at the first tier."""
     policy = ctx.current
-    work = _Work.of(_opened_base(ctx, ticket))
+    work = _opened_work(ctx, ticket)
     work.last_event_at = event.occurred_at
     cell = _cell(policy, ticket)
     tier = work.tier
@@ -899,7 +907,17 @@ def _open_due(policy: Policy, work: _Work, threshold: timedelta) -> datetime | N
 
 
 def _tier_due(policy: Policy, work: _Work, threshold: timedelta) -> datetime | None:
-    return meter_deadline(_calendar(policy, work), work.active_since, work.tier_elapsed, threshold)
+    # Asked at every step for the time-box, from the same objects until the ticket moves or
+    # pauses: the last answer is kept, and compared by identity.
+    data = _derived(policy)
+    since, banked, tier = work.active_since, work.tier_elapsed, work.tier
+    last = data.tier_due
+    if last[0] is since and last[1] is banked and last[2] is threshold and last[3] == tier:
+        return last[4]
+    calendar = data.tier_calendars.get(tier) or data.default_calendar
+    due = meter_deadline(calendar, since, banked, threshold)
+    data.tier_due = (since, banked, threshold, tier, due)
+    return due
 
 
 def _reached(due: datetime | None, at: datetime) -> bool:
@@ -1043,9 +1061,10 @@ def _advance(ctx: _Context, work: _Work, until: datetime) -> datetime | None:
         long as nothing else changes the work.
     """
     until_zone = until.tzinfo
+    until_utc = _utc(until)
     for _ in range(10_000):
         due = _next_due(ctx, work)
-        if due is None or (due > until if due.tzinfo is until_zone else _utc(due) > _utc(until)):
+        if due is None or (due > until if due.tzinfo is until_zone else _utc(due) > until_utc):
             return due
         _fire(ctx, work, due)
     raise RuntimeError("the engine fired 10,000 deadlines in one step; the policy loops")
@@ -1077,12 +1096,11 @@ def _next_due(ctx: _Context, work: _Work) -> datetime | None:
     )
     memo = data.dues_memo
     if memo is not None and _same(memo[0], facts):
-        candidates = memo[1]
+        if memo[2] is after:
+            return memo[3]  # the very same question as last time
+        facts, candidates = memo[0], memo[1]
     else:
-        for clock in work.clocks:
-            if clock.running_since is None or clock.breached_at is not None:
-                continue
-            candidates.append(ctx.clock_next(policy, clock)[1])
+        candidates = _clock_dues(ctx, policy, data, work.clocks).copy()
         notification = work.notification
         if notification.acknowledged is None:
             candidates.append(notification.next_at)
@@ -1092,7 +1110,7 @@ def _next_due(ctx: _Context, work: _Work) -> datetime | None:
             timebox = data.timeboxes.get(level)
             timed = data.timed.get(level)
             if timebox is not None or timed:
-                calendar = _calendar(policy, work)
+                calendar = data.tier_calendars.get(level) or data.default_calendar
                 if timebox is not None:
                     candidates.append(meter_deadline(calendar, since, work.tier_elapsed, timebox.duration))
                 fired = work.fired_criteria
@@ -1106,14 +1124,32 @@ def _next_due(ctx: _Context, work: _Work) -> datetime | None:
                     if when is not None:
                         # Depends on the time asked at: worked out below, in its place.
                         candidates.append(_LocalBoundary(when))
-        data.dues_memo = (facts, candidates)
+    found = candidates
     if since is not None and data.local_timed.get(level):
-        candidates = [
+        found = [
             _next_local_boundary(policy, work, c.when, after) if type(c) is _LocalBoundary else c
             for c in candidates
             if type(c) is not _LocalBoundary or after is not None
         ]
-    return _earliest(candidates, after)
+    due = _earliest(found, after)
+    data.dues_memo = (facts, candidates, after, due)
+    return due
+
+
+def _clock_dues(
+    ctx: _Context, policy: Policy, data: _Derived, clocks: tuple[SlaClock, ...]
+) -> list[datetime | None]:
+    """When each running clock that has not breached next needs acting on, in order."""
+    # Clocks change less often than the rest of the state (a repeat changes the notification
+    # only), so the last clocks' answer is kept.
+    found = data.clock_scan
+    if found is None or found[0] is not clocks:
+        found = data.clock_scan = (clocks, [
+            ctx.clock_next(policy, clock)[1]
+            for clock in clocks
+            if clock.running_since is not None and clock.breached_at is None
+        ])
+    return found[1]
 
 
 @dataclass(frozen=True)
@@ -1130,17 +1166,22 @@ def _same(these: tuple[Any, ...], those: tuple[Any, ...]) -> bool:
 
 def _earliest(candidates: list[datetime | None], after: datetime | None) -> datetime | None:
     """The earliest candidate later than ``after``; of equal ones, the first."""
-    # _later written out: this runs at every step, over every deadline.
+    # _later written out: this runs at every step, over every deadline, and the bound is the
+    # same for all of them.
     best: datetime | None = None
+    best_utc: datetime | None = None
+    if after is not None:
+        after_zone = after.tzinfo
+        after_utc = _utc(after)
     for when in candidates:
         if when is None:
             continue
-        if after is not None and not (
-            when > after if when.tzinfo is after.tzinfo else _utc(when) > _utc(after)
-        ):
+        zone = when.tzinfo
+        when_utc = when if zone is UTC else _utc(when)
+        if after is not None and not (when > after if zone is after_zone else when_utc > after_utc):
             continue
-        if best is None or (best > when if best.tzinfo is when.tzinfo else _utc(best) > _utc(when)):
-            best = when
+        if best is None or (best > when if best.tzinfo is zone else best_utc > when_utc):
+            best, best_utc = when, when_utc
     return best
 
 
@@ -1168,12 +1209,9 @@ def _fire(ctx: _Context, work: _Work, at: datetime) -> None:
         _follow_up(ctx, work, at)
         return
     # Each step fires one or two things: test cheaply which before doing them.
-    for clock in work.clocks:
-        if (
-            clock.running_since is not None
-            and clock.breached_at is None
-            and _reached(ctx.clock_next(policy, clock)[1], at)
-        ):
+    data = ctx.derived(policy)
+    for due in _clock_dues(ctx, policy, data, work.clocks):
+        if _reached(due, at):
             _check_clocks(ctx, work, at)
             break
     notification = work.notification
@@ -1183,7 +1221,7 @@ def _fire(ctx: _Context, work: _Work, at: datetime) -> None:
         and not _later(notification.next_at, at)
     ):
         _repeat_notification(ctx, work, at)
-    if work.reviewed_at is None and not _later(ctx.derived(policy).review_due(work.opened_at), at):
+    if work.reviewed_at is None and not _later(data.review_due(work.opened_at), at):
         work.reviewed_at = at
         values = _values(policy, work)
         values.update(opened=_when(policy, work.tier, work.opened_at), open_for=format_duration(at - work.opened_at))
@@ -1246,11 +1284,11 @@ def _check_clocks(ctx: _Context, work: _Work, at: datetime) -> None:
 
 
 def _repeat_notification(ctx: _Context, work: _Work, at: datetime) -> None:
+    """Notify again, or the next level up; :func:`_fire` calls it when the repeat is due."""
     policy = ctx.policy_of(work)
     state = work.notification
-    if state.acknowledged is not None or state.next_at is None or _later(state.next_at, at):
-        return
-    repeat_every, max_repeats = _repeat_settings(policy, work)
+    data = ctx.derived(policy)
+    repeat_every, max_repeats = data.repeats[work.tier]
     level, sent = state.level, state.sent
     if sent - 1 < max_repeats:
         sent += 1
@@ -1267,20 +1305,22 @@ def _repeat_notification(ctx: _Context, work: _Work, at: datetime) -> None:
         )
         return
     due = state.next_at
+    heard = _level_name(policy, level)
     reason = (
         f"waiting for acknowledgement since {_when(policy, work.tier, work.tier_entered_at)} "
-        f"({_level_name(policy, level)}, {what})"
+        f"({heard}, {what})"
     )
     values = _values(policy, work)
     values["reason"] = reason
     body, _ = _render(policy, work, at, "notification", values)
+    calendar = data.tier_calendars.get(work.tier) or data.default_calendar
     work.notification = _replace(
         state, level=level, sent=sent, last_sent_at=due,
-        next_at=business_add(_calendar(policy, work), due, repeat_every) if repeat_every else None,
+        next_at=business_add(calendar, due, repeat_every) if repeat_every else None,
     )
     ctx.emit(
         work, f"notify:{work.moves}:{level}:{sent}", at, "notified",
-        f"Notified {_level_name(policy, level)} ({', '.join(recipients)}): {reason}.",
+        f"Notified {heard} ({', '.join(recipients)}): {reason}.",
         actions=_notify(policy, work, recipients, body, urgency_bonus=level),
     )
 
@@ -1742,10 +1782,10 @@ def _enter(
             next_at=business_add(_calendar(policy, work), at, repeat_every) if repeat_every else None,
         ))
         work.raci = _raci(policy, work)
-    top = tier == max(policy.tiers_by_level) and kind in ("escalated", "opened") and tier > 1
+    top = tier == ctx.data.last_tier and kind in ("escalated", "opened") and tier > 1
     skipped = kind == "escalated" and tier - from_tier > 1
     notify_accountable = not hierarchical and (top or skipped)
-    if opening and tier == min(policy.tiers_by_level):
+    if opening and tier == ctx.data.first_tier:
         template = None
     else:
         template = template or kind
@@ -1801,7 +1841,7 @@ def _entry_actions(
     actions.append(_action(policy, work, ActionKind.ADD_TAGS, tags=wanted))
     if new_priority and new_priority != work.ticket.priority:
         actions.append(_action(policy, work, ActionKind.SET_PRIORITY, priority=new_priority))
-    watchers = tuple(_person_ref(policy, name, work.ticket.system) for name in work.raci.consulted)
+    watchers = _consulted_refs(policy, work.raci.consulted, work.ticket.system)
     if work.management_level is not None:
         watchers += tuple(
             _person_ref(policy, name, work.ticket.system)
@@ -1983,9 +2023,9 @@ class _Screen:
         self.status = tuple(when.status) or None
         self.users = when.users_affected_at_least
         self.organizations = tuple(when.organizations) or None
-        self.tags = tuple(when.tags_any) or None
+        self.tags = frozenset(when.tags_any) or None
         self.vip = when.vip
-        self.keywords = tuple(when.keywords_any) or None
+        self.keywords = tuple(k.lower() for k in when.keywords_any) or None
         # Whether the conditions may hold at one time and not at another, or need a plugin.
         self.timed = bool(
             when.days or when.between or when.unresolved_for is not None
@@ -2006,13 +2046,17 @@ class _Screen:
             return False
         if self.organizations is not None and ticket.organization not in self.organizations:
             return False
-        if self.tags is not None:
-            tags = ticket.tags
-            if not any(t in tags for t in self.tags):
-                return False
+        if self.tags is not None and self.tags.isdisjoint(ticket.tags):
+            return False
         if self.vip is not None and bool(_vip(policy, ticket)) != self.vip:
             return False
-        if self.keywords is not None and not _keywords_present(work, self.keywords):
+        if self.keywords is not None:
+            # What _keywords_present finds, with the keywords lowercased beforehand.
+            text = _ticket_text(ticket)
+            found = work.found_keywords
+            for word in self.keywords:
+                if word in text or word in found:
+                    return True
             return False
         return True
 
@@ -2290,6 +2334,16 @@ def _action(policy: Policy, work: _Work, kind: ActionKind, *, urgency_bonus: int
     }
 
 
+def _consulted_refs(policy: Policy, consulted: tuple[str, ...], system: str) -> tuple[str, ...]:
+    """:func:`_person_ref` of each of ``consulted``; the same few lists come up at every move."""
+    table = _derived(policy).placement
+    key = ("consulted", consulted, system)
+    found = table.get(key)
+    if found is None:
+        found = table[key] = tuple(_person_ref(policy, name, system) for name in consulted)
+    return found
+
+
 def _person_ref(policy: Policy, name: str, system: str) -> str:
     person = policy.people.get(name)
     if person is None:
@@ -2304,6 +2358,17 @@ def _person_ref(policy: Policy, name: str, system: str) -> str:
 
 
 def _placement_tags(policy: Policy, tier: int, department: str | None, level: int | None) -> tuple[str, ...]:
+    table = _derived(policy).placement
+    key = ("tags", tier, department, level)
+    found = table.get(key)
+    if found is None:
+        found = table[key] = _find_placement_tags(policy, tier, department, level)
+    return found
+
+
+def _find_placement_tags(
+    policy: Policy, tier: int, department: str | None, level: int | None
+) -> tuple[str, ...]:
     prefix = policy.tag_prefix
     tags = [f"{prefix}-tier-{tier}"]
     spec = policy.tiers_by_level.get(tier)
