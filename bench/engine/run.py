@@ -1,6 +1,7 @@
 """Engine throughput: decisions per second on one core over a mixed workload.
 
     python bench/engine/run.py [--tickets 100000] [--seed 7]
+    ESCALIER_PURE_PYTHON=1 python bench/engine/run.py     (the engine's plain Python source)
 
 Each ticket is created, then receives a mix of comments, updates, status changes (some pausing
 the clocks), acknowledgements, a few late deliveries, and the timers the engine asks for in
@@ -21,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
+from escalier.compiled import is_compiled
 from escalier.core.engine import decide
 from escalier.core.model import ActorRole, Comment, EventKind, StatusCategory, Ticket, TicketEvent, Timer
 from escalier.core.policy import Policy
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": round(wall, 3),
         "decisions_per_second": round(rate),
         "target": TARGET,
+        "engine_build": "compiled" if is_compiled() else "python",
         "python": platform.python_version(),
         "machine": platform.machine(),
         "at": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -131,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     out = RESULTS / f"engine-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     verdict = "meets" if rate >= TARGET else "is below"
-    print(f"{rate:,.0f} decisions/s on one core ({decisions:,} decisions, {busy:.1f}s in the engine); "
+    build = "compiled engine" if is_compiled() else "plain Python engine"
+    print(f"{rate:,.0f} decisions/s on one core, {build} ({decisions:,} decisions, {busy:.1f}s in the engine); "
           f"{verdict} the target of {TARGET:,}/s. Written to {out}")
     return 0
 
