@@ -186,7 +186,7 @@ Endpoints: /webhooks/<connector>[/<instance>], /healthz, /readyz, /metrics.""",
         """\
 examples:
   escalier serve escalier.yaml
-  escalier serve escalier.yaml --bind 0.0.0.0:8080 --workers 2 --threads 8
+  escalier serve escalier.yaml --bind 0.0.0.0:8080 --workers 2 --threads 16
   escalier serve escalier.yaml --db postgresql+psycopg://escalier@db/escalier --no-worker
 
 Put a TLS-terminating proxy in front of it; gunicorn serves plain HTTP.""",
@@ -195,7 +195,7 @@ Put a TLS-terminating proxy in front of it; gunicorn serves plain HTTP.""",
     serve.add_argument("--db", metavar="URL", help=_DB_HELP)
     serve.add_argument("--bind", default="127.0.0.1:8080", help="address to listen on (default 127.0.0.1:8080)")
     serve.add_argument("--workers", type=int, default=2, help="HTTP worker processes (default 2: one per core)")
-    serve.add_argument("--threads", type=int, default=8, help="threads per HTTP worker (default 8)")
+    serve.add_argument("--threads", type=int, default=16, help="threads per HTTP worker (default 16)")
     serve.add_argument("--no-worker", action="store_true", help="receive only; run `escalier worker` elsewhere")
     serve.set_defaults(handler=_serve)
 

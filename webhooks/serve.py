@@ -1,7 +1,7 @@
 """Running the receiver under gunicorn, programmatically; the Flask dev server is never used.
 
 Settings for a 2-core host: 2 worker processes (one per core; each has its own inbox writer
-thread, and SQLite serialises their commits anyway) with 8 threads each (requests spend most of
+thread, and SQLite serialises their commits anyway) with 16 threads each (requests spend most of
 their time waiting for the group commit, not on the CPU), gthread workers so a slow client holds a
 thread and not a process, a 30 s timeout, 5 s keep-alive for senders that reuse connections.
 The access log is built only when one is asked for (gunicorn would otherwise format every
@@ -46,7 +46,7 @@ def gunicorn_options(
     *,
     bind: str = "127.0.0.1:8080",
     workers: int = 2,
-    threads: int = 8,
+    threads: int = 16,
     timeout: int = 30,
     keepalive: int = 5,
     backlog: int = 2048,
@@ -78,7 +78,7 @@ def run_receiver(
     *,
     bind: str = "127.0.0.1:8080",
     workers: int = 2,
-    threads: int = 8,
+    threads: int = 16,
     timeout: int = 30,
     keepalive: int = 5,
     access_log: bool = False,
