@@ -287,10 +287,9 @@ def _store_url(args: argparse.Namespace, policy: str | None = None) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import threading
-
     from escalier.core.config import load_policy
-    from escalier.runtime.operations import run_worker, upgrade
+    from escalier.runtime.operations import upgrade
+    from escalier.runtime.supervise import WorkerProcess
     from escalier.webhooks import ReceiverSettings, run_receiver
 
     url = _store_url(args, args.policy)
@@ -298,24 +297,16 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ReceiverSettings.from_policy(policy, os.environ, url)
     revision = upgrade(url)
     print(f"escalier: store {_safe_url(url)} at revision {revision}", file=sys.stderr)
-    stop = threading.Event()
     worker = None
     if not args.no_worker:
-        worker = threading.Thread(
-            target=run_worker,
-            args=(url, args.policy),
-            kwargs={"handle_signals": False, "stop": stop},
-            name="escalier-worker",
-            daemon=True,
-        )
+        worker = WorkerProcess(url, args.policy)
         worker.start()
     print(f"escalier: receiving on http://{args.bind}/webhooks/", file=sys.stderr)
     try:
         run_receiver(settings, bind=args.bind, workers=args.workers, threads=args.threads)
     finally:
-        stop.set()
         if worker is not None:
-            worker.join(timeout=30)
+            worker.stop()
     return EXIT_OK
 
 
