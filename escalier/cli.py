@@ -34,7 +34,7 @@ examples:
   escalier schema > escalier.schema.json         JSON Schema for editor completion
   escalier plugins                               connectors and plugins installed
   escalier simulate escalier.yaml ticket.json    dry-run a ticket: what happens, when, why
-  escalier serve escalier.yaml                   receive webhooks and act on them (one process)
+  escalier serve escalier.yaml                   receive webhooks and act on them (one command)
   escalier status --policy escalier.yaml         open escalations, timers, backlog, dead letters
 
 exit status: 0 success, 1 the work failed, 2 invalid input (bad policy, bad arguments).
@@ -174,11 +174,12 @@ def _add_runtime_commands(commands: argparse._SubParsersAction) -> None:
     serve = _command(
         commands,
         "serve",
-        "receive webhooks and run a worker, in one process",
+        "receive webhooks and run a worker beside them",
         """\
-Run the webhook receiver under gunicorn and a worker beside it: the embedded
-default for one team. Webhooks are verified, stored and acknowledged; the worker
-decides and applies tags, reassignments and comments upstream.
+Run the webhook receiver under gunicorn and a worker beside it (a child process,
+restarted if it dies): the embedded default for one team. Webhooks are verified,
+stored and acknowledged; the worker decides and applies tags, reassignments and
+comments upstream.
 
 The store is migrated to the newest schema first. Webhook secrets are read from
 the environment variables the policy names; a missing one stops the start-up.
