@@ -20,7 +20,8 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
-# (module, source): the modules a decision spends its time in.
+# (module, source): the modules a decision spends its time in. escalier/compiled.py names the
+# same modules and the same variable for run time; this file cannot import the package it builds.
 COMPILED = (
     ("escalier.core.engine", "core/engine.py"),
     ("escalier.core.calendar", "core/calendar.py"),
@@ -30,6 +31,7 @@ COMPILED = (
 # makes the module's functions C functions (no __code__, no signature to introspect), which
 # nothing asks of these modules and which makes every call cheaper.
 DIRECTIVES = {"language_level": 3, "binding": False}
+PURE_PYTHON = "ESCALIER_PURE_PYTHON"
 
 _CHECK = '''
 
@@ -57,7 +59,7 @@ del _refuse_if_stale
 
 
 def _extensions() -> list[Extension]:
-    if os.environ.get("ESCALIER_PURE_PYTHON"):
+    if os.environ.get(PURE_PYTHON):
         return []
     try:
         from Cython.Build import cythonize

@@ -17,6 +17,7 @@ from pathlib import Path
 
 __all__ = ["MODULES", "ENVIRONMENT_VARIABLE", "is_compiled", "prefer_source"]
 
+# setup.py compiles these and reads the same variable at install time: keep the two in step.
 MODULES = ("escalier.core.engine", "escalier.core.calendar", "escalier.core.clocks")
 ENVIRONMENT_VARIABLE = "ESCALIER_PURE_PYTHON"
 
