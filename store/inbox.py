@@ -1,10 +1,9 @@
 """The inbox: every webhook stored raw and durably before it is acknowledged, and its consumers.
 
 The receiver side is :func:`accept` (one delivery, one transaction) and :class:`GroupCommitter`
-(concurrent requests in one process hand their rows to one writer thread, which commits a batch in
-one transaction and then wakes each waiter; a request returns only after its own row is
-committed, so an fsync is shared instead of paid per request). Both de-duplicate on the delivery
-id and on the same body within a window.
+(concurrent requests in one process share one transaction, and so one fsync; a request returns
+only after its own row is committed). Both de-duplicate on the delivery id and on the same body
+within a window.
 
 The worker side is :func:`claim` (a lease on pending rows), :func:`complete`, :func:`fail`, and
 :func:`counts`.
@@ -16,14 +15,16 @@ Escalier's own change; ``error`` says which).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import hashlib
 import logging
 import os
-import queue
 import sqlite3
 import threading
+import time
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -51,13 +52,14 @@ __all__ = [
 
 log = logging.getLogger("escalier.store.inbox")
 
-# os.getpid() is a system call; every request asks which process it is in.
-_pid = os.getpid()
+# Every committer of this process, so that a forked child starts each one over.
+_COMMITTERS: weakref.WeakSet[GroupCommitter] = weakref.WeakSet()
 
 
 def _forked() -> None:
-    global _pid
-    _pid = os.getpid()
+    # The child has one thread: nothing can be mid-commit here while the committers start over.
+    for committer in list(_COMMITTERS):
+        committer._reset()
 
 
 os.register_at_fork(after_in_child=_forked)
@@ -202,75 +204,89 @@ _COLUMNS = (
 )
 
 
-class _SqliteWriter:
-    """The batch's two statements as plain SQL on the driver's cursor, for SQLite.
+class _SqliteInsert:
+    """A batch as one ``INSERT ... SELECT`` that SQLite runs in a single call, for the committer.
 
-    The writer runs them while its process holds the database's only write lock, and it competes
-    for the GIL with the request threads: SQLAlchemy's per-statement work (and RETURNING, which
-    SQLite can only order row by row) made each batch several times slower under load. Values are
-    still bound through the columns' own SQLAlchemy types, so rows look exactly as Core writes them.
+    In autocommit mode that one statement takes the write lock, skips the rows already stored
+    (same delivery id, or same body inside its window: the same rules as :func:`_existing`),
+    inserts the rest and commits, fsync included, while Python's sqlite3 module has released the
+    GIL. Request threads of the process run meanwhile, and none of them can delay the commit by
+    holding the GIL while the database is locked. Values are bound through the columns' own
+    SQLAlchemy types, so rows look exactly as Core writes them.
     """
 
     def __init__(self, dialect) -> None:
         self._bind = {
             name: inbox.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in _COLUMNS
         }
-        self._placeholders = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
-        self._insert = f"INSERT INTO inbox ({', '.join(_COLUMNS)}) VALUES "
+        count = len(_COLUMNS)
+        # A VALUES row is the columns, then the earliest receipt that makes the body a duplicate,
+        # then its place in the batch; SQLite names them column1, column2, ...
+        since, place = f"v.column{count + 1}", f"v.column{count + 2}"
+        self._row = "(" + ", ".join("?" * (count + 2)) + ")"
+        self._head = (
+            f"INSERT INTO inbox ({', '.join(_COLUMNS)}) "
+            f"SELECT {', '.join(f'v.column{n + 1}' for n in range(count))} FROM (VALUES "
+        )
+        self._tail = (
+            ") AS v WHERE NOT EXISTS (SELECT 1 FROM inbox AS i WHERE i.source = v.column1 "
+            "AND i.instance = v.column2 AND i.delivery_id = v.column3) "
+            "AND NOT EXISTS (SELECT 1 FROM inbox AS i WHERE i.source = v.column1 "
+            f"AND i.instance = v.column2 AND i.body_sha256 = v.column4 AND i.received_at >= {since}) "
+            # Rows are inserted, and given rowids, in the batch's order.
+            f"ORDER BY {place}"
+        )
+        # SQLite binds at most 32766 parameters in one statement.
+        self.max_rows = 32766 // (count + 2)
 
-    def existing(self, cursor, groups: Mapping[tuple[str, str], list[Delivery]], window: timedelta):
-        """As :func:`_existing`, in one statement."""
-        time = self._bind["received_at"]
-        parts: list[str] = []
+    def statement(self, deliveries: Sequence[Delivery], window: timedelta) -> tuple[str, list[Any]]:
+        """The statement and its parameters for ``deliveries`` (no two alike; see :func:`_decide`)."""
+        stamp = self._bind["received_at"]
         params: list[Any] = []
-        for (source, instance), members in groups.items():
-            wanted_ids = sorted({d.delivery_id for d in members if d.delivery_id})
-            if wanted_ids:
-                parts.append(
-                    "SELECT 'id', source, instance, delivery_id, NULL FROM inbox "
-                    "WHERE source = ? AND instance = ? AND delivery_id IN "
-                    f"({', '.join('?' * len(wanted_ids))})"
-                )
-                params += [source, instance, *wanted_ids]
-            hashes = sorted({d.body_sha256 for d in members})
-            parts.append(
-                "SELECT 'body', source, instance, body_sha256, max(received_at) FROM inbox "
-                f"WHERE source = ? AND instance = ? AND body_sha256 IN ({', '.join('?' * len(hashes))}) "
-                "AND received_at >= ? GROUP BY source, instance, body_sha256"
-            )
-            cutoff = min(_seen_since(d, window) for d in members)
-            params += [source, instance, *hashes, time(cutoff) if time else cutoff]
-        return _found(cursor.execute(" UNION ALL ".join(parts), params).fetchall())
-
-    def insert(self, cursor, rows: list[dict[str, Any]]) -> list[int]:
-        """Insert ``rows`` in one multi-row statement; their ids, in order."""
-        params: list[Any] = []
-        for row in rows:
+        for place, delivery in enumerate(deliveries):
+            row = _row(delivery)
             for name in _COLUMNS:
                 bind = self._bind[name]
                 value = row[name]
                 params.append(bind(value) if bind is not None and value is not None else value)
-        cursor.execute(self._insert + ", ".join([self._placeholders] * len(rows)), params)
-        # Under the write lock we hold, one statement's rows get consecutive rowids (each one
-        # above the largest), and lastrowid is the last of them.
-        last = cursor.lastrowid
-        return list(range(last - len(rows) + 1, last + 1))
+            since = _seen_since(delivery, window)
+            params += (stamp(since) if stamp else since, place)
+        return self._head + ", ".join([self._row] * len(deliveries)) + self._tail, params
 
-
-_SQLITE_WRITERS: dict[int, _SqliteWriter] = {}
-
-
-def _sqlite_writer(dialect) -> _SqliteWriter:
-    writer = _SQLITE_WRITERS.get(id(dialect))
-    if writer is None:
-        writer = _SQLITE_WRITERS[id(dialect)] = _SqliteWriter(dialect)
-    return writer
+    @staticmethod
+    def outcomes(db, deliveries: Sequence[Delivery], inserted: int, last_id: int) -> list[Stored]:
+        """What became of each of ``deliveries``, ``inserted`` of which were stored up to ``last_id``."""
+        if inserted == len(deliveries):
+            # All new (the usual case): consecutive rowids, in the batch's order.
+            first = last_id - inserted + 1
+            return [Stored("stored", id=first + n) for n in range(inserted)]
+        # Some were already stored: find which rows are ours among the committed ones.
+        ids = {}
+        if inserted:
+            found = db.execute(
+                "SELECT id, source, instance, body_sha256 FROM inbox WHERE id BETWEEN ? AND ?",
+                (last_id - inserted + 1, last_id),
+            )
+            ids = {(source, instance, sha): id_ for id_, source, instance, sha in found}
+        outcomes = []
+        for d in deliveries:
+            id_ = ids.get((d.source, d.instance, d.body_sha256))
+            if id_ is not None:
+                outcomes.append(Stored("stored", id=id_))
+            elif d.delivery_id and db.execute(
+                "SELECT 1 FROM inbox WHERE source = ? AND instance = ? AND delivery_id = ?",
+                (d.source, d.instance, d.delivery_id),
+            ).fetchone():
+                outcomes.append(Stored("duplicate", duplicate_of="delivery"))
+            else:
+                outcomes.append(Stored("duplicate", duplicate_of="body"))
+        return outcomes
 
 
 def _decide(deliveries: Sequence[Delivery], ids, bodies, window: timedelta):
-    """Which deliveries are duplicates, and the rows of the others, in the order given."""
+    """Which deliveries are duplicates, and the others, in the order given."""
     outcomes: list[Stored | None] = []
-    rows: list[dict[str, Any]] = []
+    fresh: list[Delivery] = []
     for delivery in deliveries:
         key = (delivery.source, delivery.instance)
         if delivery.delivery_id and (*key, delivery.delivery_id) in ids:
@@ -285,8 +301,8 @@ def _decide(deliveries: Sequence[Delivery], ids, bodies, window: timedelta):
             ids.add((*key, delivery.delivery_id))
         bodies[(*key, delivery.body_sha256)] = delivery.received_at
         outcomes.append(None)
-        rows.append(_row(delivery))
-    return outcomes, rows
+        fresh.append(delivery)
+    return outcomes, fresh
 
 
 def commit_batch(
@@ -311,25 +327,15 @@ def _store_error(exc: Exception) -> StoreError:
 
 
 def _store(conn, deliveries: Sequence[Delivery], window: timedelta) -> list[Stored]:
-    """:func:`commit_batch` on an open connection; the driver's and SQLAlchemy's errors pass."""
+    """:func:`commit_batch` on an open connection; SQLAlchemy's errors pass."""
     groups = _grouped(deliveries)
     _begin_write(conn)
-    if conn.dialect.name == "sqlite":
-        writer = _sqlite_writer(conn.dialect)
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
-            ids, bodies = writer.existing(cursor, groups, window)
-            outcomes, rows = _decide(deliveries, ids, bodies, window)
-            new_ids = writer.insert(cursor, rows) if rows else []
-        finally:
-            cursor.close()
-    else:
-        ids, bodies = _existing(conn, groups, window)
-        outcomes, rows = _decide(deliveries, ids, bodies, window)
-        new_ids = _insert(conn, rows) if rows else []
+    ids, bodies = _existing(conn, groups, window)
+    outcomes, fresh = _decide(deliveries, ids, bodies, window)
+    new_ids = _insert(conn, [_row(d) for d in fresh]) if fresh else []
     conn.commit()
-    fresh = iter(new_ids)
-    return [outcome or Stored("stored", id=next(fresh)) for outcome in outcomes]
+    stored = iter(new_ids)
+    return [outcome or Stored("stored", id=next(stored)) for outcome in outcomes]
 
 
 def _row(delivery: Delivery) -> dict[str, Any]:
@@ -356,41 +362,54 @@ def accept(engine: Engine, delivery: Delivery, *, dedupe_window: timedelta) -> S
 
 
 class _Waiter:
-    """One request waiting for its row; :meth:`finish` wakes it, once."""
+    """One request waiting for its row: woken, once, when it is finished or when it is to lead."""
 
-    __slots__ = ("delivery", "_latch", "finished", "outcome", "error")
+    __slots__ = ("_latch", "delivery", "error", "finished", "leads", "outcome")
 
     def __init__(self, delivery: Delivery) -> None:
         self.delivery = delivery
-        # A held lock that the writer releases: waking it is one C call, where a threading.Event
-        # costs the writer a Condition's Python-level notify per row while it holds the GIL.
+        # A held lock that is released to wake it: one C call, where a threading.Event costs a
+        # Condition's Python-level notify.
         self._latch = threading.Lock()
         self._latch.acquire()
         self.finished = False
+        self.leads = False
         self.outcome: Stored | None = None
         self.error: StoreError | None = None
 
     def wait(self, timeout: float) -> bool:
-        """Block until finished; False if ``timeout`` seconds passed first."""
+        """Block until woken; False if ``timeout`` seconds passed first."""
         return self._latch.acquire(timeout=timeout)
 
     def finish(self, outcome: Stored | None = None, error: StoreError | None = None) -> None:
-        """Record the outcome (or the error) and wake the request; only the writer calls this."""
+        """Record the outcome (or the error) and wake the request."""
         if self.finished:
             return
-        self.finished = True
         self.outcome = outcome
         self.error = error
+        self.finished = True  # last: a request that timed out reads the outcome once this is set
+        self._latch.release()
+
+    def lead(self) -> None:
+        """Wake the request to commit the next batch (the caller holds the committer's mutex)."""
+        self.leads = True
         self._latch.release()
 
 
 class GroupCommitter:
-    """One writer thread per process that commits the deliveries of concurrent requests together.
+    """Concurrent requests of one process share transactions, and so their fsyncs.
 
-    There is no artificial delay: while one batch is being committed the next requests queue up.
-    The writer first waits for its turn at the database (another receiver process may be
-    committing) and only then takes everything queued (up to ``max_batch``), so the rows that
-    arrived during that wait share this transaction and its fsync instead of waiting for another.
+    A request queues its delivery; if no commit is in progress in this process, it leads one:
+    it takes what is queued (itself first, up to ``max_batch``), commits it in one transaction,
+    finishes each request with its outcome, and hands the lead to the oldest request that queued
+    meanwhile. A request returns only after its own row is committed. There is no writer thread
+    and no artificial delay: the rows that arrive during one commit form the next one, and the
+    thread that commits is one that already runs, so a quiet receiver commits with no hand-off.
+
+    Receiver processes on one SQLite file take turns through a blocking file lock, which hands
+    the turn over at once (SQLite's busy handler sleeps up to 100 ms); on SQLite the batch is one
+    statement (:class:`_SqliteInsert`). On PostgreSQL each batch is a transaction that holds an
+    advisory lock, so check-then-insert cannot interleave across nodes.
     """
 
     def __init__(
@@ -398,22 +417,27 @@ class GroupCommitter:
     ) -> None:
         self.engine = engine
         self.dedupe_window = dedupe_window
-        self.max_batch = max_batch
         self.timeout = timeout
         self.batches = 0
         self.rows = 0
         self.largest_batch = 0
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-        self._queue: queue.SimpleQueue[_Waiter | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        database = engine.url.database if engine.dialect.name == "sqlite" else None
-        # SQLite's busy handler sleeps up to 100 ms when another process holds the write lock;
-        # a blocking file lock around each batch hands the turn over at once instead.
+        self._sqlite = _SqliteInsert(engine.dialect) if engine.dialect.name == "sqlite" else None
+        self.max_batch = min(max_batch, self._sqlite.max_rows) if self._sqlite else max_batch
+        database = engine.url.database if self._sqlite else None
         self._lock_path = f"{database}.writer-lock" if database and database != ":memory:" else None
-        self._lock_file: Any = None
+        self._closed = False
+        self._reset()
+        _COMMITTERS.add(self)
+
+    def _reset(self) -> None:
+        # Also in the child of a fork (gunicorn --preload): the parent's connection, lock file and
+        # queue are the parent's, never used here (closing a SQLite connection opened before a
+        # fork is unsafe in the child, so they are only dropped).
+        self._mutex = threading.Lock()
+        self._queue: collections.deque[_Waiter] = collections.deque()
+        self._leading = False
         self._conn: Any = None
-        self._lock_file_pid: int | None = None
+        self._lock_file: Any = None
 
     @contextlib.contextmanager
     def _turn(self):
@@ -421,93 +445,76 @@ class GroupCommitter:
         if self._lock_path is None:
             yield
             return
-        if self._lock_file is None or self._lock_file_pid != _pid:
+        if self._lock_file is None:
             try:
-                # Kept open by the writer thread: one open() per batch is a syscall for nothing.
+                # Kept open: one open() per batch is a syscall for nothing.
                 self._lock_file = open(self._lock_path, "a+b")  # noqa: SIM115 - closed in close()
             except OSError as exc:
                 raise StoreError(f"the inbox writer lock cannot be opened: {exc.strerror}") from exc
-            self._lock_file_pid = _pid
         fcntl.flock(self._lock_file, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
-    def _ensure_writer(self) -> None:
-        # A writer started before a fork (gunicorn --preload) does not exist in the child.
-        if self._pid == _pid and self._thread is not None and self._thread.is_alive():
-            return
-        with self._lock:
-            if self._pid == _pid and self._thread is not None and self._thread.is_alive():
-                return
-            if self._pid != _pid:
-                # The parent's connection and lock file are the parent's: never used here.
-                self._conn = None
-                self._lock_file = None
-            self._queue = queue.SimpleQueue()
-            self._thread = threading.Thread(target=self._run, name="inbox-writer", daemon=True)
-            self._pid = _pid
-            self._thread.start()
-
     def accept(self, delivery: Delivery) -> Stored:
-        """Queue ``delivery`` and return once the batch holding it is committed.
+        """Return once ``delivery`` is committed (or found to be a duplicate).
 
-        :raises StoreError: the batch could not be committed, or the writer did not answer in time.
+        :raises StoreError: its batch could not be committed, or not within ``timeout`` seconds.
         """
-        self._ensure_writer()
         waiter = _Waiter(delivery)
-        self._queue.put(waiter)
-        if not waiter.wait(self.timeout):
-            raise StoreError("the inbox writer did not commit in time")
+        with self._mutex:
+            if self._closed:
+                raise StoreError("the inbox is closed")
+            self._queue.append(waiter)
+            leads = not self._leading
+            self._leading = True
+        if not leads and not waiter.wait(self.timeout):
+            with self._mutex:
+                # Handed the lead just as the wait ran out: it must still lead, or nobody will.
+                leads = waiter.leads
+                if leads:
+                    waiter.wait(0)  # take the wake-up it missed, so that finishing it can wake it
+                elif not waiter.finished:
+                    with contextlib.suppress(ValueError):
+                        self._queue.remove(waiter)
+                    raise StoreError("the inbox did not commit in time")
+        if leads or waiter.leads:
+            self._lead()
         if waiter.error is not None:
             raise waiter.error
-        assert waiter.outcome is not None
+        if waiter.outcome is None:
+            raise StoreError("the inbox did not commit in time")
         return waiter.outcome
 
     def close(self) -> None:
-        """Stop the writer after it has committed what is queued."""
-        if self._thread is not None and self._pid == _pid:
-            self._queue.put(None)
-            self._thread.join(self.timeout)
-            self._thread = None
-        if self._lock_file is not None and self._lock_file_pid == _pid:
+        """Refuse new deliveries and close the connection and lock file (once idle)."""
+        with self._mutex:
+            self._closed = True
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            with self._mutex:
+                if not self._leading:
+                    break
+            time.sleep(0.01)
+        self._drop_connection()
+        if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
 
-    def _run(self) -> None:
+    def _lead(self) -> None:
+        with self._mutex:
+            batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
         try:
-            self._write(self._queue)
-        finally:
-            self._drop_connection()
-
-    def _write(self, pending: queue.SimpleQueue[_Waiter | None]) -> None:
-        while True:
-            first = pending.get()
-            if first is None:
-                return
-            batch = [first]
-            stopping = False
-            try:
-                with self._turn():
-                    while len(batch) < self.max_batch:
-                        try:
-                            item = pending.get_nowait()
-                        except queue.Empty:
-                            break
-                        if item is None:
-                            stopping = True
-                            break
-                        batch.append(item)
-                    self._commit(batch)
-            except StoreError as exc:
-                # The turn itself could not be taken: nothing was written.
-                self._fail(batch, exc)
-            except Exception as exc:  # the writer must never die with waiters asleep
-                log.exception("inbox.writer.failed")
-                self._fail(batch, StoreError(f"the inbox writer failed: {type(exc).__name__}"))
-            if stopping:
-                return
+            self._commit(batch)
+        except Exception as exc:  # never leave a request asleep, whatever went wrong
+            log.exception("inbox.commit.failed")
+            self._fail(batch, StoreError(f"the inbox commit failed: {type(exc).__name__}"))
+        with self._mutex:
+            if self._queue:
+                self._queue[0].lead()
+            else:
+                self._leading = False
 
     @staticmethod
     def _fail(batch: list[_Waiter], error: StoreError) -> None:
@@ -515,7 +522,7 @@ class GroupCommitter:
             waiter.finish(error=error)
 
     def _commit(self, batch: list[_Waiter]) -> None:
-        """Commit ``batch`` and wake its waiters; the caller holds the turn."""
+        """Commit ``batch`` and finish its requests."""
         try:
             outcomes = self._store([w.delivery for w in batch])
         except StoreError as exc:
@@ -533,22 +540,50 @@ class GroupCommitter:
             waiter.finish(outcome)
 
     def _store(self, deliveries: list[Delivery]) -> list[Stored]:
-        # The writer keeps one connection: a pool checkout and reset per batch is pure overhead
-        # on the one thread every request of this process waits for.
+        # One connection, kept: a pool checkout and reset per batch is pure overhead.
         try:
-            if self._conn is None:
-                self._conn = self.engine.connect()
-            return _store(self._conn, deliveries, self.dedupe_window)
+            if self._sqlite is None:
+                if self._conn is None:
+                    self._conn = self.engine.connect()
+                return _store(self._conn, deliveries, self.dedupe_window)
+            return self._store_sqlite(deliveries)
         except (SQLAlchemyError, sqlite3.Error) as exc:
             self._drop_connection()
             raise _store_error(exc) from exc
 
+    def _store_sqlite(self, deliveries: list[Delivery]) -> list[Stored]:
+        assert self._sqlite is not None
+        # Duplicates inside the batch are settled here; the statement settles those already stored.
+        outcomes, fresh = _decide(deliveries, set(), {}, self.dedupe_window)
+        stored: list[Stored] = []
+        if fresh:
+            sql, params = self._sqlite.statement(fresh, self.dedupe_window)
+            db = self._sqlite_connection()
+            with self._turn():
+                cursor = db.execute(sql, params)
+            stored = self._sqlite.outcomes(db, fresh, cursor.rowcount, cursor.lastrowid or 0)
+        new = iter(stored)
+        return [outcome or next(new) for outcome in outcomes]
+
+    def _sqlite_connection(self):
+        if self._conn is None:
+            # The engine's own connection (its pragmas: WAL, synchronous=FULL), taken out of the
+            # pool for good and switched to autocommit: each statement is its own transaction.
+            pooled = self.engine.raw_connection()
+            conn = pooled.driver_connection
+            pooled.detach()
+            conn.isolation_level = None
+            self._conn = conn
+        return self._conn
+
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(SQLAlchemyError, sqlite3.Error):
+        if conn is None:
+            return
+        with contextlib.suppress(SQLAlchemyError, sqlite3.Error):
+            if self._sqlite is None:
                 conn.invalidate()
-                conn.close()
+            conn.close()
 
 
 def _event(row) -> RawEvent:

@@ -71,7 +71,7 @@ class Receiver:
         return OwnIdentity(user_ids=frozenset(ids), marker=self.settings.marker)
 
     def close(self) -> None:
-        """Stop the writer thread and close the store's connections."""
+        """Stop taking deliveries and close the store's connections."""
         self.committer.close()
         self.engine.dispose()
 

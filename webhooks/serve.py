@@ -1,7 +1,7 @@
 """Running the receiver under gunicorn, programmatically; the Flask dev server is never used.
 
-Settings for a 2-core host: 2 worker processes (one per core; each has its own inbox writer
-thread, and SQLite serialises their commits anyway) with 16 threads each (requests spend most of
+Settings for a 2-core host: 2 worker processes (one per core; each commits its own
+requests' batches, and SQLite serialises the commits anyway) with 16 threads each (requests spend most of
 their time waiting for the group commit, not on the CPU), gthread workers so a slow client holds a
 thread and not a process, a 30 s timeout, 5 s keep-alive for senders that reuse connections.
 The access log is built only when one is asked for (gunicorn would otherwise format every
@@ -63,7 +63,7 @@ def gunicorn_options(
         "graceful_timeout": timeout,
         "keepalive": keepalive,
         "backlog": backlog,
-        # The app (engine, writer thread) is built in each worker, never shared across a fork.
+        # The app (engine, inbox connection) is built in each worker, never shared across a fork.
         "preload_app": False,
         "accesslog": "-" if access_log else None,
         "loglevel": log_level,
