@@ -33,6 +33,11 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     # NORMAL can lose a transaction that was already acknowledged if the power fails.
     cursor.execute("PRAGMA synchronous=FULL")
+    # The commit that fills this many WAL pages copies them into the database, with two fsyncs,
+    # before it returns; every request waiting on the receiver's commit waits for that too.
+    # SQLite's 1000 made fewer, longer pauses (a p99 of 17-23 ms at 900 webhooks/s on a
+    # 50,000-row inbox, against 15-16 ms with 200, for the same throughput).
+    cursor.execute("PRAGMA wal_autocheckpoint=200")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()

@@ -249,3 +249,18 @@ def test_a_forked_child_commits_with_its_own_connection(engine, committer):
     assert answer == "stored 2"
     assert committer.accept(delivery(3)).id == 3
     assert [row.delivery_id for row in stored_rows(engine)] == ["inv-1", "inv-2", "inv-3"]
+
+
+def test_sqlite_stores_durably_and_checkpoints_in_small_steps(sqlite_engine):
+    committer = GroupCommitter(sqlite_engine, dedupe_window=WINDOW)
+    try:
+        committer.accept(delivery(1))
+        for conn in (committer._conn, sqlite_engine.raw_connection().driver_connection):
+            # WAL with FULL: NORMAL could lose an acknowledged delivery if the power fails.
+            assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            assert conn.execute("PRAGMA synchronous").fetchone() == (2,)
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (200,)
+        # The committer's connection commits each statement on its own.
+        assert committer._conn.isolation_level is None and not committer._conn.in_transaction
+    finally:
+        committer.close()
