@@ -194,23 +194,24 @@ def durability(url: str) -> dict:
             "wal_autocheckpoint_pages": checkpoint}
 
 
+def measured(kind: str, port: int, store_url: str | None, warm: Path, pool: Path, *,
+             connections: int = CONNECTIONS, delay_ms: float = 0) -> dict:
+    """Start one server, warm it up for 2 s, measure it over ``pool``, and stop it."""
+    server = start(kind, port, store_url)
+    try:
+        wrk(port, warm, connections=CONNECTIONS, duration=2)
+        return wrk(port, pool, connections=connections, duration=DURATION, delay_ms=delay_ms)
+    finally:
+        stop(server)
+
+
 def measure_pair(round_: int, work: Path, url: str, warm: Path) -> tuple[dict, dict]:
     """One round: the bare app, then Escalier, each freshly started, at full load."""
-    bare = start("bare", 18081, None)
-    try:
-        wrk(18081, warm, connections=CONNECTIONS, duration=2)
-        bare_run = wrk(18081, warm, connections=CONNECTIONS, duration=DURATION)
-    finally:
-        stop(bare)
+    bare_run = measured("bare", 18081, None, warm, warm)
     prefix = f"full{round_}"
     pool = work / f"{prefix}.pool"
     write_pool(pool, int(bare_run["rate"] * DURATION * 1.2) + 2000, prefix)
-    esc = start("escalier", 18082, url)
-    try:
-        wrk(18082, warm, connections=CONNECTIONS, duration=2)
-        full = wrk(18082, pool, connections=CONNECTIONS, duration=DURATION)
-    finally:
-        stop(esc)
+    full = measured("escalier", 18082, url, warm, pool)
     full["stored_rows"] = stored_rows(work / "escalier.db", prefix)
     full["ratio"] = round(full["rate"] / bare_run["rate"], 3)
     return bare_run, full
@@ -244,18 +245,13 @@ def main() -> int:
         # The round with the median ratio stands for all of them; every round is in the report.
         bare_run, full = sorted(pairs, key=lambda pair: pair[1]["ratio"])[len(pairs) // 2]
         target = statistics.median(run["rate"] for _, run in pairs) / 2
-        esc = start("escalier", 18082, url)
-        try:
-            wrk(18082, warm, connections=CONNECTIONS, duration=2)
-            # wrk's delay() paces each connection; subtract part of the service time so the
-            # paced rate lands near the target rather than below it.
-            delay = max(0.0, HALF_CONNECTIONS / target * 1000 - full["p50_ms"] / 4)
-            half_pool = work / "half.pool"
-            write_pool(half_pool, int(target * DURATION * 1.5) + 2000, "half")
-            half = wrk(18082, half_pool, connections=HALF_CONNECTIONS, duration=DURATION,
-                       delay_ms=delay)
-        finally:
-            stop(esc)
+        # wrk's delay() paces each connection; subtract part of the service time so the paced
+        # rate lands near the target rather than below it.
+        delay = max(0.0, HALF_CONNECTIONS / target * 1000 - full["p50_ms"] / 4)
+        half_pool = work / "half.pool"
+        write_pool(half_pool, int(target * DURATION * 1.5) + 2000, "half")
+        half = measured("escalier", 18082, url, warm, half_pool, connections=HALF_CONNECTIONS,
+                        delay_ms=delay)
         half["stored_rows"] = stored_rows(db, "half")
         stored = durability(url)
     finally:
