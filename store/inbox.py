@@ -503,18 +503,28 @@ class GroupCommitter:
             self._lock_file = None
 
     def _lead(self) -> None:
-        with self._mutex:
-            batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+        batch: list[_Waiter] = []
         try:
-            self._commit(batch)
+            # The turn first, then the batch: the requests that queued while another process
+            # was committing share this transaction instead of waiting for the next one.
+            with self._turn():
+                batch = self._take()
+                self._commit(batch)
+        except StoreError as exc:
+            # The turn itself could not be taken: nothing was written.
+            self._fail(batch or self._take(), exc)
         except Exception as exc:  # never leave a request asleep, whatever went wrong
             log.exception("inbox.commit.failed")
-            self._fail(batch, StoreError(f"the inbox commit failed: {type(exc).__name__}"))
+            self._fail(batch or self._take(), StoreError(f"the inbox commit failed: {type(exc).__name__}"))
         with self._mutex:
             if self._queue:
                 self._queue[0].lead()
             else:
                 self._leading = False
+
+    def _take(self) -> list[_Waiter]:
+        with self._mutex:
+            return [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
 
     @staticmethod
     def _fail(batch: list[_Waiter], error: StoreError) -> None:
@@ -522,7 +532,7 @@ class GroupCommitter:
             waiter.finish(error=error)
 
     def _commit(self, batch: list[_Waiter]) -> None:
-        """Commit ``batch`` and finish its requests."""
+        """Commit ``batch`` and finish its requests; the caller holds the turn."""
         try:
             outcomes = self._store([w.delivery for w in batch])
         except StoreError as exc:
@@ -559,8 +569,7 @@ class GroupCommitter:
         if fresh:
             sql, params = self._sqlite.statement(fresh, self.dedupe_window)
             db = self._sqlite_connection()
-            with self._turn():
-                cursor = db.execute(sql, params)
+            cursor = db.execute(sql, params)  # the caller holds the turn
             stored = self._sqlite.outcomes(db, fresh, cursor.rowcount, cursor.lastrowid or 0)
         new = iter(stored)
         return [outcome or next(new) for outcome in outcomes]
