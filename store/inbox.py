@@ -400,7 +400,8 @@ class GroupCommitter:
     """Concurrent requests of one process share transactions, and so their fsyncs.
 
     A request queues its delivery; if no commit is in progress in this process, it leads one:
-    it takes what is queued (itself first, up to ``max_batch``), commits it in one transaction,
+    it waits for its turn at the database (another receiver process may be committing), takes
+    what is queued by then (itself first, up to ``max_batch``), commits it in one transaction,
     finishes each request with its outcome, and hands the lead to the oldest request that queued
     meanwhile. A request returns only after its own row is committed. There is no writer thread
     and no artificial delay: the rows that arrive during one commit form the next one, and the
