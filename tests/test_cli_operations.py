@@ -111,3 +111,43 @@ def test_serve_accepts_a_signed_webhook_and_stores_it(tmp_path, example_policy_p
     with sqlite3.connect(tmp_path / "escalier.db") as db:
         rows = db.execute("SELECT source, delivery_id FROM inbox").fetchall()
     assert rows == [("zendesk", "inv-1")]
+
+
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:``port`` (from the kernel's table)."""
+    wanted = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        next(table)
+        return sum(1 for line in table if line.split()[1] == wanted and line.split()[3] == "0A")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's socket table")
+def test_serve_gives_each_worker_its_socket_and_a_second_serve_on_the_port_is_refused(
+    tmp_path, example_policy_path
+):
+    policy = tmp_path / "escalier.yaml"
+    shutil.copy(example_policy_path, policy)
+    port = free_port()
+    env = {**os.environ, "JIRA_WEBHOOK_SECRET": "jira-secret", "ZENDESK_WEBHOOK_SECRET": "zd-secret",
+           "ZENDESK_WEBHOOK_SECRET_PREVIOUS": "zd-old"}
+    env.pop("ESCALIER_DB", None)
+    command = ["serve", str(policy), "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "2",
+               "--no-worker"]
+    server = subprocess.Popen([sys.executable, "-m", "escalier", *command], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while listening_sockets(port) < 2:
+            if time.monotonic() > deadline or server.poll() is not None:
+                pytest.fail(f"two workers did not listen: {server.poll()=}, {listening_sockets(port)=}")
+            time.sleep(0.1)
+        # With SO_REUSEPORT a second receiver would bind too and take half the connections.
+        second = run(*command, env=env)
+        assert second.returncode == 1 and "Traceback" not in second.stderr
+        assert f"127.0.0.1:{port} is already in use" in second.stderr
+        assert listening_sockets(port) == 2
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=30)
+    assert server.returncode == 0

@@ -4,6 +4,10 @@ Settings for a 2-core host: 2 worker processes (one per core; each commits its o
 batches, and SQLite serialises the commits anyway) with 16 threads each (requests spend most of
 their time waiting for the group commit, not on the CPU), gthread workers so a slow client holds a
 thread and not a process, a 30 s timeout, 5 s keep-alive for senders that reuse connections.
+Each worker listens on a socket of its own (``SO_REUSEPORT``) and the kernel spreads new
+connections across them: on one shared socket, the worker that happened to be in ``accept``
+took most of a burst of keep-alive connections (29 of 32, again and again), and kept them while
+the other worker idled.
 The access log is built only when one is asked for (gunicorn would otherwise format every
 request's log fields because a logging config is given, and then drop them). Each worker freezes
 what it built at start-up out of the garbage collector's reach (:func:`freeze_startup_objects`).
@@ -11,18 +15,23 @@ what it built at start-up out of the garbage collector's reach (:func:`freeze_st
 
 from __future__ import annotations
 
+import errno
 import gc
+import socket
 from collections.abc import Callable
 from typing import Any
 
 import pluggy
 from flask import Flask
 from gunicorn.app.base import BaseApplication
+from gunicorn.util import parse_address
+
+from escalier.core.errors import EscalierError
 
 from escalier.webhooks._logging import ReceiverLogger, logconfig
 from escalier.webhooks.settings import ReceiverSettings
 
-__all__ = ["GunicornServer", "freeze_startup_objects", "gunicorn_options", "run_receiver"]
+__all__ = ["GunicornServer", "check_free", "freeze_startup_objects", "gunicorn_options", "run_receiver"]
 
 
 class GunicornServer(BaseApplication):
@@ -65,6 +74,9 @@ def gunicorn_options(
         "graceful_timeout": timeout,
         "keepalive": keepalive,
         "backlog": backlog,
+        # One listening socket per worker, balanced by the kernel (see the module's docstring);
+        # not for a Unix socket, whose path each worker would take over from the one before.
+        "reuse_port": _tcp(bind) is not None,
         # The app (engine, inbox connection) is built in each worker, never shared across a fork.
         "preload_app": False,
         "accesslog": "-" if access_log else None,
@@ -74,6 +86,37 @@ def gunicorn_options(
         "proc_name": "escalier-receiver",
         "post_worker_init": freeze_startup_objects,
     }
+
+
+def _tcp(bind: str) -> tuple[str, int] | None:
+    if bind.startswith(("unix:", "fd://")):
+        return None
+    address = parse_address(bind)
+    return address if isinstance(address, tuple) else None
+
+
+def check_free(bind: str) -> None:
+    """Refuse a TCP address that something already listens on.
+
+    With a socket per worker (``SO_REUSEPORT``), a second receiver started on the same port, by
+    the same user, would not fail: it would silently get half of the connections.
+
+    :raises EscalierError: the address is taken.
+    """
+    address = _tcp(bind)
+    if address is None:
+        return
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As gunicorn binds: connections of an earlier run left in TIME_WAIT do not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise EscalierError(f"{bind} is already in use (is another receiver running?)") from exc
+            raise EscalierError(f"cannot listen on {bind}: {exc.strerror}") from exc
 
 
 def freeze_startup_objects(_worker: Any = None) -> None:
@@ -101,9 +144,13 @@ def run_receiver(
     log_level: str = "info",
     plugin_manager: pluggy.PluginManager | None = None,
 ) -> None:
-    """Serve the receiver for ``settings`` under gunicorn until it is stopped."""
+    """Serve the receiver for ``settings`` under gunicorn until it is stopped.
+
+    :raises EscalierError: ``bind`` is taken, or cannot be listened on.
+    """
     from escalier.webhooks.app import create_app
 
+    check_free(bind)
     options = gunicorn_options(
         bind=bind,
         workers=workers,

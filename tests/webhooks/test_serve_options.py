@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import gc
+import socket
 
-from escalier.webhooks.serve import freeze_startup_objects, gunicorn_options
+import pytest
+
+from escalier.core.errors import EscalierError
+from escalier.webhooks.serve import check_free, freeze_startup_objects, gunicorn_options
 
 
 def test_workers_freeze_what_they_built_at_start_up():
@@ -21,3 +25,20 @@ def test_workers_freeze_what_they_built_at_start_up():
         assert all(obj is not first for obj in gc.get_objects())
     finally:
         gc.unfreeze()
+
+
+def test_each_worker_listens_on_its_own_tcp_socket_but_never_on_a_shared_unix_path():
+    assert gunicorn_options(bind="127.0.0.1:8080")["reuse_port"] is True
+    assert gunicorn_options(bind="[::1]:8080")["reuse_port"] is True
+    assert gunicorn_options(bind="unix:/run/escalier.sock")["reuse_port"] is False
+
+
+def test_a_taken_address_is_refused_before_gunicorn_starts():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(EscalierError, match=f"127.0.0.1:{port} is already in use"):
+            check_free(f"127.0.0.1:{port}")
+    check_free(f"127.0.0.1:{port}")  # free again once closed
+    check_free("unix:/run/escalier.sock")  # not a TCP address: gunicorn checks it
