@@ -27,7 +27,6 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.util import parse_address
 
 from escalier.core.errors import EscalierError
-
 from escalier.webhooks._logging import ReceiverLogger, logconfig
 from escalier.webhooks.settings import ReceiverSettings
 
