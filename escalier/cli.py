@@ -313,6 +313,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from escalier.runtime.operations import run_worker
+    from escalier.runtime.supervise import follow_parent
+
+    follow_parent()
 
     handled = run_worker(_store_url(args, args.policy), args.policy, worker_id=args.worker_id, once=args.once)
     print(f"escalier: worker stopped; {handled}", file=sys.stderr)

@@ -8,15 +8,21 @@ process (``escalier worker``, started with fork and exec) shares no locks with t
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
 
-__all__ = ["WorkerProcess"]
+__all__ = ["PARENT_VARIABLE", "WorkerProcess", "follow_parent"]
+
+# Set by WorkerProcess in the child's environment: the process the worker is to die with.
+PARENT_VARIABLE = "ESCALIER_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger("escalier.runtime.supervise")
 
@@ -30,7 +36,9 @@ class WorkerProcess:
     """Runs ``escalier worker POLICY --db URL`` until :meth:`stop`, restarting it when it exits.
 
     The child runs in its own session, so a terminal's Ctrl-C reaches only the receiver, which
-    then stops the worker (SIGTERM: it finishes what it is doing and exits).
+    then stops the worker (SIGTERM: it finishes what it is doing and exits). On Linux the child
+    is also sent SIGTERM if the receiver dies without stopping it (SIGKILL, a crash): see
+    :func:`follow_parent`.
     """
 
     def __init__(self, url: str, policy_path: str, *, command: Sequence[str] | None = None) -> None:
@@ -82,7 +90,8 @@ class WorkerProcess:
         with self._lock:
             if self._stopping.is_set():
                 return
-            self._process = subprocess.Popen(self.command, start_new_session=True)
+            env = {**os.environ, PARENT_VARIABLE: str(os.getpid())}
+            self._process = subprocess.Popen(self.command, start_new_session=True, env=env)
             self.starts += 1
         log.info("runtime.worker.process_started", extra={"pid": self._process.pid, "start": self.starts})
 
@@ -107,3 +116,27 @@ class WorkerProcess:
                 return
             self._spawn()
             delay = min(delay * 2, _MAX_DELAY)
+
+
+def follow_parent() -> bool:
+    """In a worker started by :class:`WorkerProcess`: be sent SIGTERM when the receiver dies.
+
+    Linux's ``PR_SET_PDEATHSIG``, asked for after the exec (not between fork and exec, where a
+    threaded parent makes Python code unsafe). A receiver that died before the request was made
+    is caught by comparing the parent's pid. Elsewhere, or outside ``serve``, nothing happens.
+
+    :returns: True if the worker now follows its parent.
+    """
+    parent = os.environ.pop(PARENT_VARIABLE, None)
+    if not parent or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if str(os.getppid()) != parent:
+        # The receiver was gone before the request took effect: stop as it would have asked.
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True

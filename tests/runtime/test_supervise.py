@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 
-from escalier.runtime.supervise import WorkerProcess
+import pytest
+
+from escalier.runtime.supervise import PARENT_VARIABLE, WorkerProcess, follow_parent
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 STUBBORN = [
@@ -79,3 +82,60 @@ def test_a_forked_copy_of_the_receiver_leaves_the_worker_alone():
     finally:
         worker.stop(timeout=10)
     assert not _alive(pid)
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie that its new parent has not reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+FOLLOWER = (
+    "import os, sys, time; from escalier.runtime.supervise import follow_parent; "
+    "follows = follow_parent(); "
+    "open(sys.argv[1], 'w').write(f'{os.getpid()} {follows} {os.environ.get(\"ESCALIER_PARENT_PID\")}'); "
+    "time.sleep(120)"
+)
+
+# A receiver that starts the command it is given as its worker, and waits.
+RECEIVER = (
+    "import sys, time; from escalier.runtime.supervise import WorkerProcess; "
+    "WorkerProcess('sqlite://', 'unused.yaml', command=sys.argv[1:]).start(); time.sleep(120)"
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_worker_dies_with_a_receiver_that_was_killed_outright(tmp_path):
+    report = tmp_path / "worker"
+    receiver = subprocess.Popen(
+        [sys.executable, "-c", RECEIVER, sys.executable, "-c", FOLLOWER, str(report)]
+    )
+    try:
+        assert _wait_for(lambda: report.exists() and report.read_text().count(" ") == 2, 30)
+        pid, follows, variable = report.read_text().split()
+        # It follows its parent, and does not hand the variable on to processes of its own.
+        assert follows == "True" and variable == "None"
+        assert not _gone(int(pid))
+        receiver.kill()  # SIGKILL: the receiver's finally that stops the worker never runs
+        receiver.wait(10)
+        assert _wait_for(lambda: _gone(int(pid)), 10), "the worker outlived its receiver"
+    finally:
+        receiver.kill()
+        receiver.wait(10)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_worker_whose_receiver_is_already_gone_stops_at_once(tmp_path):
+    # The receiver named in the environment is not the parent: it died before the worker asked.
+    env = {**os.environ, PARENT_VARIABLE: "1"}
+    child = subprocess.run([sys.executable, "-c", FOLLOWER, str(tmp_path / "worker")], env=env,
+                           timeout=30, check=False)
+    assert child.returncode == -signal.SIGTERM
+
+
+def test_outside_serve_a_worker_follows_nobody(monkeypatch):
+    monkeypatch.delenv(PARENT_VARIABLE, raising=False)
+    assert follow_parent() is False
