@@ -8,7 +8,9 @@ freshly started) and the round with the median ratio is reported beside all of t
 Escalier is measured again at about half its median maximum rate. The report gives both rates,
 their ratio, p50/p99 of every run, the half-load run's rate and p99, and
 checks that every measured Escalier request was a new row (a pool that wrapped would turn requests
-into cheap duplicates). Results are printed and written to bench/results/ingest-<time>.json.
+into cheap duplicates). Each run also says how much of the machine's CPU was idle and how much
+the hypervisor gave to other machines (steal), from /proc/stat. Results are printed and written
+to bench/results/ingest-<time>.json.
 """
 
 from __future__ import annotations
@@ -194,13 +196,40 @@ def durability(url: str) -> dict:
             "wal_autocheckpoint_pages": checkpoint}
 
 
+def cpu_ticks() -> list[int] | None:
+    """The machine's CPU time so far, by kind (Linux's /proc/stat); None elsewhere."""
+    try:
+        with open("/proc/stat") as stat:
+            return [int(n) for n in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_share(before: list[int] | None, after: list[int] | None) -> dict:
+    """How the machine's CPU time went between two :func:`cpu_ticks` readings, in percent.
+
+    ``steal`` is time the hypervisor gave to other machines: a run that lost much of it says
+    less about either app than one that lost none.
+    """
+    if before is None or after is None:
+        return {}
+    user, nice, system, idle, iowait, irq, softirq, steal = (b - a for a, b in zip(before, after))
+    total = max(1, user + nice + system + idle + iowait + irq + softirq + steal)
+    return {"busy_pct": round(100 * (user + nice + system + irq + softirq) / total, 1),
+            "idle_pct": round(100 * (idle + iowait) / total, 1),
+            "steal_pct": round(100 * steal / total, 1)}
+
+
 def measured(kind: str, port: int, store_url: str | None, warm: Path, pool: Path, *,
              connections: int = CONNECTIONS, delay_ms: float = 0) -> dict:
     """Start one server, warm it up for 2 s, measure it over ``pool``, and stop it."""
     server = start(kind, port, store_url)
     try:
         wrk(port, warm, connections=CONNECTIONS, duration=2)
-        return wrk(port, pool, connections=connections, duration=DURATION, delay_ms=delay_ms)
+        before = cpu_ticks()
+        run = wrk(port, pool, connections=connections, duration=DURATION, delay_ms=delay_ms)
+        run["cpu"] = cpu_share(before, cpu_ticks())
+        return run
     finally:
         stop(server)
 
@@ -286,14 +315,16 @@ def main() -> int:
     }
     print(f"gunicorn {report['gunicorn']}, store {stored}, 1-min load average "
           f"{report['load_average_1m']} on {report['host_cpus']} CPUs")
-    print(f"{'run':<30}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'rows':>9}")
+    print(f"{'run':<30}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'rows':>9}"
+          f"{'idle %':>8}{'steal %':>9}")
     lines = []
     for n, (b, e) in enumerate(pairs, 1):
         lines += [(f"round {n}: bare Flask (204)", b), (f"round {n}: Escalier zendesk", e)]
     lines.append(("Escalier zendesk, ~half", half))
     for name, run in lines:
         print(f"{name:<30}{run['rate']:>10.0f}{run['p50_ms']:>9.2f}{run['p99_ms']:>9.2f}"
-              f"{run['non_2xx']:>9}{run.get('stored_rows', '-'):>9}")
+              f"{run['non_2xx']:>9}{run.get('stored_rows', '-'):>9}"
+              f"{run['cpu'].get('idle_pct', '-'):>8}{run['cpu'].get('steal_pct', '-'):>9}")
     print(f"Escalier / bare, median of {ROUNDS} rounds: {ratio:.0%} (target >= 50%; rounds: "
           f"{', '.join(f'{r:.0%}' for r in report['ratios'])}); half load: {half['rate']:.0f} req/s "
           f"({half['fraction_of_max']:.0%} of max), p99 {half['p99_ms']} ms (target < 20 ms); "
