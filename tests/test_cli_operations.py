@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import requests
@@ -65,14 +66,19 @@ def test_serve_refuses_to_start_without_webhook_secrets(tmp_path, example_policy
     assert "ZENDESK_WEBHOOK_SECRET is not set" in result.stderr
 
 
-@pytest.mark.slow
-def test_serve_accepts_a_signed_webhook_and_stores_it(tmp_path, example_policy_path):
+def serve_setup(tmp_path, example_policy_path) -> tuple[Path, int, dict[str, str]]:
+    """A copy of the example policy, a free port, and an environment with its webhook secrets."""
     policy = tmp_path / "escalier.yaml"
     shutil.copy(example_policy_path, policy)
-    port = free_port()
     env = {**os.environ, "JIRA_WEBHOOK_SECRET": "jira-secret", "ZENDESK_WEBHOOK_SECRET": "zd-secret",
            "ZENDESK_WEBHOOK_SECRET_PREVIOUS": "zd-old"}
     env.pop("ESCALIER_DB", None)
+    return policy, free_port(), env
+
+
+@pytest.mark.slow
+def test_serve_accepts_a_signed_webhook_and_stores_it(tmp_path, example_policy_path):
+    policy, port, env = serve_setup(tmp_path, example_policy_path)
     server = subprocess.Popen([sys.executable, "-m", "escalier", "serve", str(policy), "--bind", f"127.0.0.1:{port}",
                                "--workers", "1", "--threads", "2"], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
@@ -126,12 +132,7 @@ def listening_sockets(port: int) -> int:
 def test_serve_gives_each_worker_its_socket_and_a_second_serve_on_the_port_is_refused(
     tmp_path, example_policy_path
 ):
-    policy = tmp_path / "escalier.yaml"
-    shutil.copy(example_policy_path, policy)
-    port = free_port()
-    env = {**os.environ, "JIRA_WEBHOOK_SECRET": "jira-secret", "ZENDESK_WEBHOOK_SECRET": "zd-secret",
-           "ZENDESK_WEBHOOK_SECRET_PREVIOUS": "zd-old"}
-    env.pop("ESCALIER_DB", None)
+    policy, port, env = serve_setup(tmp_path, example_policy_path)
     command = ["serve", str(policy), "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "2",
                "--no-worker"]
     server = subprocess.Popen([sys.executable, "-m", "escalier", *command], env=env,
