@@ -292,10 +292,13 @@ def _serve(args: argparse.Namespace) -> int:
     from escalier.runtime.operations import upgrade
     from escalier.runtime.supervise import WorkerProcess
     from escalier.webhooks import ReceiverSettings, run_receiver
+    from escalier.webhooks.serve import check_free
 
     url = _store_url(args, args.policy)
     policy = load_policy(args.policy)
     settings = ReceiverSettings.from_policy(policy, os.environ, url)
+    # Before the store is touched or the worker started (run_receiver checks again).
+    check_free(args.bind)
     revision = upgrade(url)
     print(f"escalier: store {_safe_url(url)} at revision {revision}", file=sys.stderr)
     worker = None
