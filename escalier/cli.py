@@ -194,7 +194,12 @@ Put a TLS-terminating proxy in front of it; gunicorn serves plain HTTP.""",
     )
     serve.add_argument("policy", metavar="POLICY", help="the policy file (YAML)")
     serve.add_argument("--db", metavar="URL", help=_DB_HELP)
-    serve.add_argument("--bind", default="127.0.0.1:8080", help="address to listen on (default 127.0.0.1:8080)")
+    serve.add_argument(
+        "--bind",
+        default="127.0.0.1:8080",
+        help="HOST:PORT or unix:PATH to listen on (default 127.0.0.1:8080); a TCP address already "
+        "in use stops the start-up",
+    )
     serve.add_argument("--workers", type=int, default=2, help="HTTP worker processes (default 2: one per core)")
     serve.add_argument("--threads", type=int, default=16, help="threads per HTTP worker (default 16)")
     serve.add_argument("--no-worker", action="store_true", help="receive only; run `escalier worker` elsewhere")

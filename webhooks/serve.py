@@ -6,8 +6,8 @@ their time waiting for the group commit, not on the CPU), gthread workers so a s
 thread and not a process, a 30 s timeout, 5 s keep-alive for senders that reuse connections.
 Each worker listens on a socket of its own (``SO_REUSEPORT``) and the kernel spreads new
 connections across them: on one shared socket, the worker that happened to be in ``accept``
-took most of a burst of keep-alive connections (29 of 32, again and again), and kept them while
-the other worker idled.
+took most of a burst of keep-alive connections (29 of 32 in four of five counted runs), and kept
+them while the other worker idled.
 The access log is built only when one is asked for (gunicorn would otherwise format every
 request's log fields because a logging config is given, and then drop them). Each worker freezes
 what it built at start-up out of the garbage collector's reach (:func:`freeze_startup_objects`).

@@ -94,9 +94,9 @@ def _gone(pid: int) -> bool:
 
 
 FOLLOWER = (
-    "import os, sys, time; from escalier.runtime.supervise import follow_parent; "
+    "import os, sys, time; from escalier.runtime.supervise import PARENT_VARIABLE, follow_parent; "
     "follows = follow_parent(); "
-    "open(sys.argv[1], 'w').write(f'{os.getpid()} {follows} {os.environ.get(\"ESCALIER_PARENT_PID\")}'); "
+    "open(sys.argv[1], 'w').write(f'{os.getpid()} {follows} {os.environ.get(PARENT_VARIABLE)}'); "
     "time.sleep(120)"
 )
 
