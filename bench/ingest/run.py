@@ -9,8 +9,9 @@ Escalier is measured again at about half its median maximum rate. The report giv
 their ratio, p50/p99 of every run, the half-load run's rate and p99, and
 checks that every measured Escalier request was a new row (a pool that wrapped would turn requests
 into cheap duplicates). Each run also says how much of the machine's CPU was idle and how much
-the hypervisor gave to other machines (steal), from /proc/stat. Results are printed and written
-to bench/results/ingest-<time>.json.
+the hypervisor gave to other machines (steal), from /proc/stat, and what the server's processes
+spent per answered request: CPU time and context switches (voluntary + involuntary), from
+/proc/<pid>. Results are printed and written to bench/results/ingest-<time>.json.
 """
 
 from __future__ import annotations
@@ -220,15 +221,69 @@ def cpu_share(before: list[int] | None, after: list[int] | None) -> dict:
             "steal_pct": round(100 * steal / total, 1)}
 
 
+def process_usage(root: int) -> dict | None:
+    """CPU seconds and context switches so far of process ``root`` and all its descendants
+    (Linux's /proc); None elsewhere. Threads that already ended are not counted."""
+    parents: dict[int, int] = {}
+    try:
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    with open(f"/proc/{entry.name}/stat") as stat:
+                        parents[int(entry.name)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue  # gone meanwhile
+    except OSError:
+        return None
+    tree, grown = {root}, True
+    while grown:
+        grown = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grown = True
+    ticks = os.sysconf("SC_CLK_TCK")
+    usage = {"cpu_s": 0.0, "voluntary": 0, "involuntary": 0}
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            usage["cpu_s"] += (int(fields[11]) + int(fields[12])) / ticks
+            for task in os.scandir(f"/proc/{pid}/task"):
+                with open(f"{task.path}/status") as status:
+                    for line in status:
+                        if line.startswith("voluntary_ctxt_switches"):
+                            usage["voluntary"] += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches"):
+                            usage["involuntary"] += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return usage
+
+
+def per_request(before: dict | None, after: dict | None, requests: int) -> dict:
+    """What the server's processes spent per answered request between two :func:`process_usage`."""
+    if before is None or after is None or not requests:
+        return {}
+    return {
+        "cpu_us": round((after["cpu_s"] - before["cpu_s"]) * 1e6 / requests),
+        "voluntary_switches": round((after["voluntary"] - before["voluntary"]) / requests, 2),
+        "involuntary_switches": round((after["involuntary"] - before["involuntary"]) / requests, 2),
+    }
+
+
 def measured(kind: str, port: int, store_url: str | None, warm: Path, pool: Path, *,
              connections: int = CONNECTIONS, delay_ms: float = 0) -> dict:
     """Start one server, warm it up for 2 s, measure it over ``pool``, and stop it."""
     server = start(kind, port, store_url)
     try:
         wrk(port, warm, connections=CONNECTIONS, duration=2)
-        before = cpu_ticks()
+        before, used = cpu_ticks(), process_usage(server.pid)
         run = wrk(port, pool, connections=connections, duration=DURATION, delay_ms=delay_ms)
         run["cpu"] = cpu_share(before, cpu_ticks())
+        # The server's own cost of a request: CPU time, and how often its threads were switched
+        # out (waiting for the GIL, a lock, the disk), voluntarily or not.
+        run["server_per_request"] = per_request(used, process_usage(server.pid), run["requests"])
         return run
     finally:
         stop(server)
@@ -316,15 +371,19 @@ def main() -> int:
     print(f"gunicorn {report['gunicorn']}, store {stored}, 1-min load average "
           f"{report['load_average_1m']} on {report['host_cpus']} CPUs")
     print(f"{'run':<30}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'rows':>9}"
-          f"{'idle %':>8}{'steal %':>9}")
+          f"{'idle %':>8}{'steal %':>9}{'CPU us/req':>12}{'switches/req':>14}")
     lines = []
     for n, (b, e) in enumerate(pairs, 1):
         lines += [(f"round {n}: bare Flask (204)", b), (f"round {n}: Escalier zendesk", e)]
     lines.append(("Escalier zendesk, ~half", half))
     for name, run in lines:
+        server = run["server_per_request"]
+        switches = (f"{server['voluntary_switches']:.1f}+{server['involuntary_switches']:.1f}"
+                    if server else "-")
         print(f"{name:<30}{run['rate']:>10.0f}{run['p50_ms']:>9.2f}{run['p99_ms']:>9.2f}"
               f"{run['non_2xx']:>9}{run.get('stored_rows', '-'):>9}"
-              f"{run['cpu'].get('idle_pct', '-'):>8}{run['cpu'].get('steal_pct', '-'):>9}")
+              f"{run['cpu'].get('idle_pct', '-'):>8}{run['cpu'].get('steal_pct', '-'):>9}"
+              f"{server.get('cpu_us', '-'):>12}{switches:>14}")
     print(f"Escalier / bare, median of {ROUNDS} rounds: {ratio:.0%} (target >= 50%; rounds: "
           f"{', '.join(f'{r:.0%}' for r in report['ratios'])}); half load: {half['rate']:.0f} req/s "
           f"({half['fraction_of_max']:.0%} of max), p99 {half['p99_ms']} ms (target < 20 ms); "
