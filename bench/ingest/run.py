@@ -222,26 +222,21 @@ def cpu_share(before: list[int] | None, after: list[int] | None) -> dict:
 
 
 def process_usage(root: int) -> dict | None:
-    """CPU seconds and context switches so far of process ``root`` and all its descendants
-    (Linux's /proc); None elsewhere. Threads that already ended are not counted."""
-    parents: dict[int, int] = {}
+    """CPU seconds and context switches so far of process ``root`` (gunicorn's master) and its
+    children (the HTTP workers), from Linux's /proc; None elsewhere. Threads that already ended
+    are not counted."""
+    tree = {root}
     try:
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
                 try:
                     with open(f"/proc/{entry.name}/stat") as stat:
-                        parents[int(entry.name)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+                        if int(stat.read().rsplit(")", 1)[1].split()[1]) == root:
+                            tree.add(int(entry.name))
                 except (OSError, ValueError, IndexError):
                     continue  # gone meanwhile
     except OSError:
         return None
-    tree, grown = {root}, True
-    while grown:
-        grown = False
-        for pid, parent in parents.items():
-            if parent in tree and pid not in tree:
-                tree.add(pid)
-                grown = True
     ticks = os.sysconf("SC_CLK_TCK")
     usage = {"cpu_s": 0.0, "voluntary": 0, "involuntary": 0}
     for pid in tree:
