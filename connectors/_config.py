@@ -23,6 +23,11 @@ class ConnectorSettings(StrictModel):
         default=60, ge=1, description="Escalier's share of the upstream write budget"
     )
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    reconcile_every: str = Field(
+        default="5m",
+        pattern=r"^(off|(\d+[wdhms])+)$",
+        description="how often to look upstream for changes no webhook delivered ('off' never)",
+    )
 
 
 def check_person(path: str, person: str | None, people: Mapping[str, Any]) -> list[tuple[str, str]]:

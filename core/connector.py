@@ -14,9 +14,19 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from escalier.core.model import Action, Ticket
+from escalier.core.errors import ConnectorError
+from escalier.core.model import Action, Ticket, TicketEvent
 
-__all__ = ["ActionResult", "Connection", "ConnectorSpec", "RateLimit", "RawEvent"]
+__all__ = [
+    "ActionBatch",
+    "ActionResult",
+    "Changes",
+    "Connection",
+    "ConnectorSpec",
+    "DeliverySkipped",
+    "RateLimit",
+    "RawEvent",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +54,56 @@ class RateLimit:
 
 @dataclass(frozen=True, slots=True)
 class ActionResult:
-    """The outcome of applying an action; ``applied`` is False when it was already there."""
+    """The outcome of applying an action; ``applied`` is False when it was already there.
+
+    In a batch, an action that failed while others of the batch landed has ``error`` set: the
+    worker retries it (a :class:`~escalier.core.errors.TransientError`) or makes it a dead letter,
+    and never sends the ones that landed again.
+    """
 
     applied: bool
     detail: str = ""
     rate_limit: RateLimit | None = None
+    error: ConnectorError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionBatch:
+    """The ready actions of one ticket on one connection, in the order the engine issued them.
+
+    ``maybe_applied`` holds the keys of actions an earlier attempt may have reached the upstream
+    with (a timeout, a crash before the outbox recorded the outcome): the connector checks those
+    upstream before writing them again; the others it writes without a look.
+    """
+
+    system: str
+    instance: str
+    ticket_id: str
+    actions: tuple[Action, ...]
+    maybe_applied: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What a connector found changed upstream since a cursor, and the cursor to ask with next."""
+
+    events: tuple[TicketEvent, ...]
+    cursor: str | None
+    more: bool = False
+
+
+class DeliverySkipped(Exception):
+    """A delivery carries nothing to act on; ``kind`` names why (``auto_reply``, ``bounce``,
+    ``unsupported_event``, ``own_change``, ``out_of_scope``...), ``reason`` says it in a sentence.
+
+    Raised by a parser instead of returning an empty list when it can say why, so that
+    ``escalier parse`` and the worker's log can tell the admin.
+    """
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
 
 
 @runtime_checkable
@@ -66,6 +121,13 @@ class Connection(Protocol):
         """The ticket as the upstream describes it now."""
         ...
 
+    def check(self) -> str:
+        """One cheap authenticated read; a sentence of what was found (who we are, which site).
+
+        :raises ConnectorError: when the upstream cannot be reached or refuses the credentials.
+        """
+        ...
+
     def close(self) -> None:
         """Release sessions and sockets."""
         ...
@@ -77,17 +139,22 @@ class ConnectorSpec:
 
     ``config_model`` validates the plugin's section of the policy file (``connectors.<name>``);
     ``target_model`` validates a tier's target in this system (``tiers[].targets.<name>``);
-    ``connect`` builds a :class:`Connection` from a validated config, an instance name and the
-    environment that secrets are read from; ``check_target(config, target, people)`` returns
+    ``connect(config, instance, environ, people)`` builds a :class:`Connection` from a validated
+    config, an instance name, the environment that secrets are read from and the policy's people
+    (to turn a target's person into this system's user id); it makes no network call, and raises
+    an :class:`~escalier.core.errors.EscalierError` whose message names a missing environment
+    variable or a setting it cannot use; ``check_target(config, target, people)`` returns
     ``(path, message)`` pairs for a target that names what the config does not define (an unknown
-    group, a person missing from ``people``).
+    group, a person missing from ``people``); ``sandbox`` is the class of the connector's sandbox
+    server (a :class:`escalier.connectors._sandbox.Sandbox`), which ``escalier sandbox NAME`` starts.
     """
 
     name: str
     title: str
     config_model: type[BaseModel]
     target_model: type[BaseModel]
-    connect: Callable[[Any, str, Mapping[str, str]], Connection] | None = None
+    connect: Callable[[Any, str, Mapping[str, str], Mapping[str, Any]], Connection] | None = None
     check_target: Callable[[Any, Any, Mapping[str, Any]], list[tuple[str, str]]] | None = field(
         default=None
     )
+    sandbox: type | None = None

@@ -6,6 +6,7 @@
      +-- ConfigError            the policy file is unreadable or invalid (carries every problem)
      +-- PluginError            a plugin is broken or misregistered
      +-- StoreError             the store cannot be reached or refused a write
+     +-- PayloadError           a delivery no connector can read (a shape we do not know)
      +-- ConnectorError         an upstream system refused or failed an action
           +-- AuthError          credentials rejected (401/403); retrying will not help
           +-- NotFoundError      the ticket, user or group does not exist upstream (404)
@@ -28,6 +29,7 @@ __all__ = [
     "ConnectorError",
     "EscalierError",
     "NotFoundError",
+    "PayloadError",
     "PluginError",
     "RejectedError",
     "StoreError",
@@ -74,6 +76,10 @@ class PluginError(EscalierError):
 
 class StoreError(EscalierError):
     """The store could not be reached or could not commit."""
+
+
+class PayloadError(EscalierError):
+    """A delivery that cannot be read; the message says what is wrong with it, never a stack."""
 
 
 class ConnectorError(EscalierError):

@@ -15,12 +15,20 @@ named like these, decorated with :data:`hookimpl`, is a plugin.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
-    from escalier.core.connector import ActionResult, Connection, ConnectorSpec, RawEvent
+    from escalier.core.connector import (
+        ActionBatch,
+        ActionResult,
+        Changes,
+        Connection,
+        ConnectorSpec,
+        RawEvent,
+    )
     from escalier.core.extensions import ChannelSpec, CommentTemplate, CriterionSpec, WebhookSpec
     from escalier.core.model import Action, TicketEvent
 
@@ -82,13 +90,22 @@ def register_criteria() -> list[CriterionSpec]:
 
 
 @hookspec(firstresult=True)
-def parse_event_for_connector(raw: RawEvent) -> list[TicketEvent] | None:
+def parse_event_for_connector(
+    raw: RawEvent, config: Any, connection: Connection | None
+) -> list[TicketEvent] | None:
     """Parse a stored delivery into ticket events.
 
-    Fires in the worker for each inbox row. ``raw`` is the delivery as received, with
-    ``raw.source`` naming the connector. Returns the events (an empty list for a delivery that
-    carries nothing to act on) or None to let another plugin answer. Stops at the first non-None
-    result.
+    Fires in the worker for each inbox row, and in ``escalier parse``. ``raw`` is the delivery as
+    received, with ``raw.source`` naming the connector and ``raw.instance`` the instance;
+    ``config`` is that instance's validated settings (the connector's ``config_model``, with the
+    instance's own values), or None when no policy is at hand; ``connection`` is the instance's
+    connection, to read a ticket the payload does not carry, or None (``escalier parse`` runs
+    without a network). An implementation may take only the arguments it needs.
+
+    Returns the events, or None to let another plugin answer; raises
+    :class:`~escalier.core.connector.DeliverySkipped` for a delivery that carries nothing to act on
+    (its ``kind`` says why), and :class:`~escalier.core.errors.PayloadError` for one it cannot
+    read. Stops at the first non-None result.
     """
 
 
@@ -100,6 +117,37 @@ def apply_action_for_connector(action: Action, connection: Connection) -> Action
     configured connection for ``action.system``/``action.instance``. Returns an
     :class:`~escalier.core.connector.ActionResult`, or None to let another plugin answer; raises a
     :class:`~escalier.core.errors.ConnectorError` on failure. Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def apply_actions_for_connector(batch: ActionBatch, connection: Connection) -> list[ActionResult] | None:
+    """Apply the ready actions of one ticket upstream together, in as few calls as the API allows.
+
+    Fires in the worker for each ticket with ready actions on a connection, inside the retry
+    policy; one call spends one write token of the account, whatever it carries. ``batch`` holds
+    the actions in the engine's order, and the keys an earlier attempt may have applied.
+
+    Returns one :class:`~escalier.core.connector.ActionResult` per action, in order; an action
+    that failed after others of the batch landed has ``error`` set (those that landed are never
+    sent again). Raises a :class:`~escalier.core.errors.ConnectorError` when nothing landed.
+    Returns None to let another plugin answer; the worker then applies the actions one by one
+    with ``apply_action_for_connector``. Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def list_changes_for_connector(
+    connection: Connection, cursor: str | None, now: datetime
+) -> Changes | None:
+    """List what changed upstream since ``cursor``, to catch up on deliveries that never came.
+
+    Fires in the worker at start-up and every ``reconcile_every`` per connection. ``cursor`` is
+    what the previous call returned (None the first time: the connector then looks back a short,
+    documented window from ``now``). Returns a :class:`~escalier.core.connector.Changes` whose
+    events carry the same ids a webhook of the same change would give, so that a change seen by
+    both is decided once; ``more`` asks to be called again at once. Returns None when the
+    connector cannot list changes. Stops at the first non-None result.
     """
 
 

@@ -12,7 +12,7 @@ import signal
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,9 @@ from sqlalchemy import Engine
 
 from escalier.core.config import load_policy
 from escalier.core.connector import Connection, ConnectorSpec
+from escalier.core.durations import parse_duration
 from escalier.core.engine import decide
+from escalier.core.errors import EscalierError
 from escalier.core.policy import Policy
 from escalier.plugins import get_plugin_manager
 from escalier.runtime.health import DEFAULT_GRACE, invariant_violations
@@ -31,7 +33,20 @@ from escalier.runtime.worker import Pass, Worker
 from escalier.store import Store, create_store_engine
 from escalier.store import upgrade as _upgrade
 
-__all__ = ["build_connections", "dlq_list", "dlq_retry", "run_worker", "status", "upgrade"]
+__all__ = [
+    "Configured",
+    "build_connections",
+    "check_connections",
+    "configured_instances",
+    "dlq_list",
+    "dlq_retry",
+    "reconcile_intervals",
+    "run_worker",
+    "status",
+    "upgrade",
+]
+
+Account = tuple[str, str]
 
 log = logging.getLogger("escalier.runtime.operations")
 
@@ -50,23 +65,90 @@ def upgrade(url: str) -> str | None:
     return _upgrade(url)
 
 
-def build_connections(
-    policy: Policy, pm: pluggy.PluginManager, environ: Mapping[str, str]
-) -> dict[tuple[str, str], Connection]:
-    """A connection per configured connector and instance, through each ConnectorSpec's ``connect``."""
+@dataclass(frozen=True)
+class Configured:
+    """One configured connector instance: its spec, the whole section, and the instance's own settings."""
+
+    spec: ConnectorSpec
+    config: Any
+    settings: Any
+
+
+def configured_instances(policy: Policy, pm: pluggy.PluginManager) -> dict[Account, Configured]:
+    """Every ``(connector, instance)`` the policy configures, with its validated settings.
+
+    An instance's settings are the section itself for ``default`` and ``instances.<name>`` for the
+    others; a connector whose plugin is not installed is left out (the policy check reports it).
+    """
     specs: dict[str, ConnectorSpec] = {}
     for registered in pm.hook.register_connectors():
         specs.update({spec.name: spec for spec in registered})
-    connections: dict[tuple[str, str], Connection] = {}
+    found: dict[Account, Configured] = {}
     for name, section in policy.connectors.items():
         spec = specs.get(name)
-        if spec is None or spec.connect is None:
-            log.warning("runtime.connector.unconnectable", extra={"connector": name})
+        if spec is None:
             continue
         config = spec.config_model.model_validate(section or {})
-        for instance in ("default", *sorted(getattr(config, "instances", {}) or {})):
-            connections[(name, instance)] = spec.connect(config, instance, environ)
+        instances = getattr(config, "instances", None) or {}
+        found[(name, "default")] = Configured(spec, config, config)
+        for instance in sorted(instances):
+            found[(name, instance)] = Configured(spec, config, instances[instance])
+    return found
+
+
+def build_connections(
+    policy: Policy, pm: pluggy.PluginManager, environ: Mapping[str, str]
+) -> dict[Account, Connection]:
+    """A connection per configured connector and instance, through each ConnectorSpec's ``connect``.
+
+    No network call is made. A connection that cannot be built (a missing environment variable,
+    a setting it cannot use) stops it with an :class:`EscalierError` naming every one of them.
+    """
+    connections: dict[Account, Connection] = {}
+    problems: list[str] = []
+    for account, found in configured_instances(policy, pm).items():
+        if found.spec.connect is None:
+            log.warning("runtime.connector.unconnectable", extra={"connector": account[0]})
+            continue
+        try:
+            connections[account] = found.spec.connect(found.config, account[1], environ, policy.people)
+        except KeyError as exc:  # SecretRef.reveal names the variable
+            problems.append(f"{account[0]}/{account[1]}: environment variable {exc.args[0]} is not set")
+        except EscalierError as exc:
+            problems.append(f"{account[0]}/{account[1]}: {exc}")
+    if problems:
+        for connection in connections.values():
+            connection.close()
+        raise EscalierError("cannot connect:\n  " + "\n  ".join(problems))
     return connections
+
+
+def reconcile_intervals(policy: Policy, pm: pluggy.PluginManager) -> dict[Account, timedelta]:
+    """How often each configured instance is reconciled; instances set to ``off`` are left out."""
+    intervals = {}
+    for account, found in configured_instances(policy, pm).items():
+        every = getattr(found.settings, "reconcile_every", "off")
+        if every != "off":
+            intervals[account] = parse_duration(every)
+    return intervals
+
+
+def check_connections(
+    policy: Policy, pm: pluggy.PluginManager, environ: Mapping[str, str]
+) -> list[tuple[Account, bool, str]]:
+    """Build and try each connection with one cheap read: ``(account, ok, what was found)``."""
+    results = []
+    connections = build_connections(policy, pm, environ)
+    try:
+        for account, connection in connections.items():
+            try:
+                results.append((account, True, connection.check()))
+            except EscalierError as exc:
+                results.append((account, False, f"{type(exc).__name__}: {exc}"))
+    finally:
+        for connection in connections.values():
+            connection.close()
+    return results
 
 
 def run_worker(
@@ -95,6 +177,7 @@ def run_worker(
     pm = get_plugin_manager(load_entrypoints=load_entrypoints, plugins=plugins)
     policy = load_policy(policy_path, plugin_manager=pm)
     connections = build_connections(policy, pm, environ)
+    instances = configured_instances(policy, pm)
     engine = create_store_engine(url)
     stop = stop or threading.Event()
     if handle_signals and threading.current_thread() is threading.main_thread():
@@ -104,7 +187,8 @@ def run_worker(
         worker = Worker(
             Store(engine), decide=decide, policy=policy, connections=connections, plugin_manager=pm,
             retry=RetrySettings.from_config(retry), worker_id=worker_id, batch_size=batch_size,
-            lease=lease,
+            lease=lease, settings={account: found.settings for account, found in instances.items()},
+            reconcile=reconcile_intervals(policy, pm),
         )
         return worker.run(stop=stop, once=once, idle_wait=idle_wait)
     finally:

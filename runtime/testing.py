@@ -316,9 +316,16 @@ class TestDeskConnection:
 
     def apply(self, action: Action) -> ActionResult:
         """Write ``action`` unless its key is already there."""
-        found = self._request("GET", f"/actions/{quote(action.key, safe='')}")
-        if found.status_code == 200:
-            return ActionResult(applied=False, detail="already applied", rate_limit=_rate_limit(found))
+        if self.has(action.key):
+            return ActionResult(applied=False, detail="already applied")
+        return self.write(action)
+
+    def has(self, key: str) -> bool:
+        """True when the upstream holds a write of ``key``."""
+        return self._request("GET", f"/actions/{quote(key, safe='')}").status_code == 200
+
+    def write(self, action: Action) -> ActionResult:
+        """Write ``action`` without a look first: a second write of a key is the upstream's duplicate."""
         payload = {
             "key": action.key, "kind": action.kind.value, "urgency": action.urgency, "tier": action.tier,
         }
@@ -331,6 +338,11 @@ class TestDeskConnection:
     def fetch_ticket(self, ticket_id: str) -> Ticket:
         """The test upstream keeps no tickets."""
         raise NotFoundError(f"{SOURCE} keeps no tickets", system=SOURCE, status=404)
+
+    def check(self) -> str:
+        """The test upstream answers any request."""
+        self._request("GET", "/")
+        return f"{SOURCE} upstream at {self.base_url}"
 
     def close(self) -> None:
         """Release pooled sockets."""
@@ -370,7 +382,9 @@ def _rate_limit(answer: requests.Response) -> RateLimit | None:
     )
 
 
-def connect(config: TestDeskConfig, instance: str, environ: Mapping[str, str]) -> TestDeskConnection:
+def connect(
+    config: TestDeskConfig, instance: str, environ: Mapping[str, str], people: Mapping[str, Any]
+) -> TestDeskConnection:
     """A connection from the policy's ``connectors.testdesk`` section."""
     base_url = config.base_url or environ.get(URL_VARIABLE)
     if not base_url:

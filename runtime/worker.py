@@ -4,20 +4,35 @@ One pass (:meth:`Worker.run_once`) does three things:
 
 1. claims inbox rows, parses each with the ``parse_event_for_connector`` hook and decides;
 2. claims due timers and decides;
-3. claims ready outbox rows, most urgent first, and applies each with ``apply_action_for_connector``
-   under the retry policy of :mod:`escalier.runtime.retry` and within the upstream account's write
-   budget (:mod:`escalier.runtime.ratelimit`).
+3. claims the ready outbox rows of a batch of tickets, most urgent ticket first, and hands each
+   ticket's actions to its connector together (``apply_actions_for_connector``, so that one
+   escalation step costs as few upstream calls as the API allows; one by one through
+   ``apply_action_for_connector`` where a connector does not batch), under the retry policy of
+   :mod:`escalier.runtime.retry` and within the upstream account's write budget
+   (:mod:`escalier.runtime.ratelimit`): one call spends one token, whatever it carries.
+
+When a batch fails part way, the actions that landed are marked done and never sent again; the
+one that failed is retried (transient) or becomes a dead letter (refused), and the actions after a
+transient failure wait with it. An action that an earlier attempt may have applied (a timeout, a
+worker that died mid-call) is handed over as ``maybe_applied``: the connector looks before writing.
+
+Besides webhooks, the deciding thread looks upstream for changes no webhook delivered
+(``list_changes_for_connector``), per connection every ``reconcile_every`` and at start-up, and
+decides what it finds through the same path: the events carry the ids a webhook would give them,
+so the engine decides a change seen both ways once.
 
 :meth:`Worker.run` does the same work in two threads: one decides (deliveries, then due timers),
 the other applies the outbox, so that a breach is never decided late because upstream calls were
-in the way. Each ticket's actions still go out in order (the outbox hands out a ticket's next
-action only once the one before is done), and only the applier thread touches the connections.
+in the way. Each ticket's actions still go out in order (the outbox hands out a ticket's actions
+only from its first pending one on). Only the applier thread writes upstream; the deciding thread
+reads (a ticket a delivery does not carry, the changes of a reconciliation), so a connection is
+used from both threads.
 :meth:`Worker.run_once`, and ``run(once=True)``, stay in one thread for deterministic tests.
 
 A decision is committed in one transaction: the new state (optimistic ``version``), its audit rows,
 its outbox rows and its next timer. Upstream writes happen only after that commit, from the outbox,
-so a crash anywhere loses nothing; a connection checks an action's key before writing it, so an
-action re-applied after a crash has no second effect. Notifications fire after the commits.
+so a crash anywhere loses nothing; a connection checks a maybe-applied action upstream before
+writing it, so an action re-applied after a crash has no second effect. Notifications fire after the commits.
 
 Nothing is sent while an account's budget is empty. A pass waits for a token at most
 ``budget_wait`` seconds in all; the actions it could not afford go back to the outbox still
@@ -41,15 +56,15 @@ from typing import Any
 import pluggy
 from sqlalchemy import Engine
 
-from escalier.core.connector import Connection
+from escalier.core.connector import ActionBatch, ActionResult, Connection, DeliverySkipped
 from escalier.core.engine import Decision
-from escalier.core.errors import ConnectorError, PluginError, TransientError
+from escalier.core.errors import ConnectorError, PayloadError, PluginError, TransientError
 from escalier.core.model import EscalationState, TicketEvent, Timer
 from escalier.core.policy import Policy
 from escalier.plugins import notify_plugins
 from escalier.runtime.ratelimit import RateLimiter
 from escalier.runtime.retry import RetrySettings, build_retrying, requeue_delay
-from escalier.store import ClaimedAction, ClaimedTimer, StaleStateError, Store, inbox
+from escalier.store import ClaimedAction, ClaimedBatch, ClaimedTimer, StaleStateError, Store, inbox
 
 __all__ = ["Pass", "Worker", "default_worker_id", "system_clock"]
 
@@ -180,6 +195,8 @@ class Worker:
         lease: timedelta = timedelta(minutes=5),
         rate_limiter: RateLimiter | None = None,
         budget_wait: float = 2.0,
+        settings: Mapping[tuple[str, str], Any] | None = None,
+        reconcile: Mapping[tuple[str, str], timedelta] | None = None,
     ):
         self.store = store
         self.decide = decide
@@ -196,6 +213,11 @@ class Worker:
         self.sleep = sleep
         self.budget_wait = budget_wait
         self._rate_limiter = rate_limiter
+        # Each connection's validated settings (for the parser) and how often it is reconciled.
+        self.settings = dict(settings or {})
+        self.reconcile = {account: every for account, every in (reconcile or {}).items()
+                          if account in self.connections}
+        self._reconcile_at: datetime | None = None  # None: look at once
         self._retrying = build_retrying(retry, sleep=sleep)
         self._allowance = budget_wait
         self._held: dict[Account, datetime] = {}
@@ -227,8 +249,11 @@ class Worker:
     # --- the loop -------------------------------------------------------------------------------
 
     def run_once(self) -> Pass:
-        """One pass: a batch of deliveries, a batch of due timers, a batch of ready actions."""
-        return Pass(self.process_inbox(), self.process_timers(), self.process_outbox())
+        """One pass: deliveries, due timers, due reconciliations, then a batch of ready actions."""
+        deliveries = self.process_inbox()
+        timers = self.process_timers()
+        deliveries += self.process_reconciliation()
+        return Pass(deliveries, timers, self.process_outbox())
 
     def run(
         self,
@@ -279,8 +304,9 @@ class Worker:
                 applier.turns.deciding(True)
                 try:
                     found = self.process_inbox()
-                    deliveries += found
                     claimed = self.process_timers()
+                    found += self.process_reconciliation()
+                    deliveries += found
                     timers += claimed
                 finally:
                     applier.turns.deciding(False)
@@ -334,26 +360,43 @@ class Worker:
         done: list[int] = []
         for raw in raws:
             assert raw.inbox_id is not None
+            context = {"inbox_id": raw.inbox_id, "source": raw.source, "instance": raw.instance,
+                       "delivery_id": raw.delivery_id, "event_type": raw.event_type}
+            account = (raw.source, raw.instance)
             try:
-                events = self.pm.hook.parse_event_for_connector(raw=raw)
+                events = self.pm.hook.parse_event_for_connector(
+                    raw=raw, config=self.settings.get(account), connection=self.connections.get(account)
+                )
                 if events is None:
-                    log.warning(
-                        "runtime.inbox.unparsed",
-                        extra={"inbox_id": raw.inbox_id, "source": raw.source, "instance": raw.instance},
-                    )
+                    log.warning("runtime.inbox.unparsed", extra=context)
                     with self.store.writing():
                         inbox.fail(self.engine, raw.inbox_id,
                                    f"no connector parses source {raw.source!r}", max_attempts=1,
                                    now=self.clock())
                     continue
                 for event in events:
-                    self.handle(event)
+                    decision = self.handle(event)
+                    log.info(
+                        "runtime.event.decided",
+                        extra={**context, "event_id": event.id, "ticket_id": event.ticket_id,
+                               "kind": event.kind.value,
+                               "actions": len(decision.actions) if decision is not None else 0},
+                    )
+            except DeliverySkipped as skipped:
+                log.info("runtime.inbox.skipped", extra={**context, "class": skipped.kind,
+                                                         "reason": skipped.reason})
+                self.store.ignore_delivery(raw.inbox_id, f"{skipped.kind}: {skipped.reason}",
+                                           now=self.clock())
+                continue
+            except PayloadError as exc:  # a shape no retry will make readable: to an operator
+                log.error("runtime.inbox.unreadable", extra={**context, "error": str(exc)})
+                with self.store.writing():
+                    inbox.fail(self.engine, raw.inbox_id, f"unreadable: {exc}", max_attempts=1,
+                               now=self.clock())
+                continue
             except Exception as exc:  # a bad delivery goes back for a later try, then to an operator
-                log.error(
-                    "runtime.inbox.failed",
-                    exc_info=True,
-                    extra={"inbox_id": raw.inbox_id, "source": raw.source, "error": repr(exc)},
-                )
+                log.error("runtime.inbox.failed", exc_info=not isinstance(exc, ConnectorError),
+                          extra={**context, "error": repr(exc)})
                 with self.store.writing():
                     inbox.fail(self.engine, raw.inbox_id, repr(exc), now=self.clock())
                 continue
@@ -361,6 +404,44 @@ class Worker:
         with self.store.writing():
             inbox.complete(self.engine, done, now=self.clock())
         return len(raws)
+
+    # --- reconciliation ----------------------------------------------------------------------------
+
+    def process_reconciliation(self) -> int:
+        """Look upstream for missed changes on each connection that is due; returns events decided."""
+        now = self.clock()
+        if not self.reconcile or (self._reconcile_at is not None and now < self._reconcile_at):
+            return 0  # nothing due: no write to the store on every pass
+        decided = 0
+        for due in self.store.claim_cursors(self.worker_id, list(self.reconcile), now=now,
+                                            lease=self.lease):
+            account = (due.system, due.instance)
+            every = self.reconcile[account]
+            context = {"system": due.system, "instance": due.instance}
+            try:
+                changes = self.pm.hook.list_changes_for_connector(
+                    connection=self.connections[account], cursor=due.cursor, now=now
+                )
+            except ConnectorError as exc:
+                # Looked for again soon; webhooks keep arriving meanwhile.
+                log.warning("runtime.reconcile.failed", extra={**context, "error": str(exc)})
+                self.store.save_cursor(*account, due.cursor, due_at=now + min(every, timedelta(minutes=1)),
+                                       now=now, error=f"{type(exc).__name__}: {exc}")
+                continue
+            if changes is None:
+                self.store.save_cursor(*account, due.cursor, due_at=now + every, now=now)
+                continue
+            for event in changes.events:
+                self.handle(event)
+            decided += len(changes.events)
+            self.store.save_cursor(*account, changes.cursor, due_at=now if changes.more else now + every,
+                                   now=now)
+            log.info("runtime.reconcile.done", extra={**context, "events": len(changes.events),
+                                                      "more": changes.more})
+        # Another worker may hold one that is due; look again within a lease at the latest.
+        following = self.store.next_cursor_due()
+        self._reconcile_at = min(following, now + self.lease) if following is not None else now + self.lease
+        return decided
 
     # --- timers ---------------------------------------------------------------------------------
 
@@ -452,102 +533,163 @@ class Worker:
     # --- the outbox -----------------------------------------------------------------------------
 
     def process_outbox(self) -> int:
-        """Claim and apply a batch of ready actions, most urgent first, within the write budgets.
+        """Claim and apply the ready actions of a batch of tickets, most urgent first, within budgets.
 
-        :returns: how many were handled: applied, failed, or given back to wait briefly.
+        :returns: how many actions were handled: applied, failed, or given back to wait briefly.
         """
-        claimed = self.store.claim_actions(
+        batches = self.store.claim_batches(
             self.worker_id, now=self.clock(), limit=self.batch_size, lease=self.lease
         )
         self._allowance = self.budget_wait
         short: set[Account] = set()
         held: set[Account] = set()
         handled = 0
-        for item in claimed:
-            account = (item.action.system, item.action.instance)
+        for batch in batches:
+            account = (batch.system, batch.instance)
             if account in held:
                 continue  # the hold gave it back already
-            handled += 1
             if self._turns is not None and account not in short:
                 self._turns.wait(_DECISIONS_FIRST)
             if account in short:
                 # Still ready: the next pass serves them, in urgency order, with a fresh allowance.
-                self.store.release_actions(self.worker_id, [item.id])
+                handled += len(batch.items)
+                self.store.release_actions(self.worker_id, [item.id for item in batch.items])
                 continue
-            wait = self.apply(item)
+            wait, settled = self.apply(batch)
+            handled += settled
             if wait is None:
                 continue
             if wait <= self.budget_wait:
                 short.add(account)
             else:
-                handled -= 1
+                handled -= settled
                 held.add(account)
                 self._hold(account, wait)
         return handled
 
-    def apply(self, item: ClaimedAction) -> float | None:
-        """Apply one claimed action under the retry policy; then done, later, or a dead letter.
+    def apply(self, batch: ClaimedBatch) -> tuple[float | None, int]:
+        """Apply one ticket's claimed actions under the retry policy; then done, later, or dead letters.
 
-        :returns: None, or the seconds until the account has budget when the action went back
-            to the outbox unsent because the pass could not wait that long.
+        :returns: None, or the seconds until the account has budget when actions went back to
+            the outbox unsent because the pass could not wait that long; and how many actions were
+            handled (applied, failed, or given back to wait for budget), not counting those a
+            connector that does not batch left for the next pass.
         """
-        action = item.action
-        account = (action.system, action.instance)
+        account = (batch.system, batch.instance)
         connection = self.connections.get(account)
         if connection is None:
-            self._dead(item, 0, f"no connection configured for {action.system}/{action.instance}")
-            return None
+            for item in batch.items:
+                self._dead(item, 0, f"no connection configured for {batch.system}/{batch.instance}")
+            return None, len(batch.items)
+        pending = list(batch.items)
+        # Keys an attempt may have written: an earlier pass's, or a failed call of this one.
+        maybe = {item.action.key for item in pending if item.maybe_applied}
         attempts = 0
         failure: TransientError | None = None
+        unsent: list[ClaimedAction] = []
 
-        def attempt() -> Any:
-            nonlocal attempts, failure
+        def attempt() -> None:
+            nonlocal attempts, failure, pending
             self._spend_budget(account)
             attempts += 1
+            actions = tuple(item.action for item in pending)
             try:
-                result = self.pm.hook.apply_action_for_connector(action=action, connection=connection)
+                results = self._apply_actions(
+                    ActionBatch(batch.system, batch.instance, batch.ticket_id, actions,
+                                frozenset(maybe & {a.key for a in actions})),
+                    connection,
+                )
             except TransientError as exc:
                 if exc.status == 429:
                     # The budget is spent: nothing more to this account until it says so. A 503's
                     # Retry-After is about one outage, which the retry policy already honours.
                     self.rate_limiter.pause(*account, exc.retry_after)
+                maybe.update(action.key for action in actions)
                 failure = exc
                 raise
-            if result is None:
-                raise PluginError(f"no plugin applies {action.kind.value} actions to {action.system}")
-            self.rate_limiter.observe(*account, result.rate_limit)
-            return result
+            # A connector that does not batch applies the first action only: the rest go back
+            # unsent, so that each of its calls spends its own write token.
+            tried, rest = pending[: len(results)], pending[len(results):]
+            left: list[ClaimedAction] = []
+            transient: TransientError | None = None
+            for item, result in zip(tried, results, strict=True):
+                error = result.error
+                if error is None:
+                    self._done(item, attempts, result)
+                elif isinstance(error, TransientError):
+                    left.append(item)
+                    transient = transient or error
+                else:
+                    # Refused, not found, bad credentials: retrying cannot help, an operator can.
+                    self._dead(item, attempts, f"{type(error).__name__}: {error}")
+            self.rate_limiter.observe(*account, next(
+                (r.rate_limit for r in reversed(results) if r.rate_limit is not None), None))
+            if transient is not None:
+                maybe.update(item.action.key for item in left)
+                pending = left + rest
+                failure = transient
+                raise transient
+            pending, unsent[:] = [], rest
 
         try:
-            result = self._retrying(attempt)
+            self._retrying(attempt)
         except _OverBudget as over:
             if failure is not None:
                 # It failed in this pass already: it waits out its backoff like any failure.
-                self._requeue(item, attempts, failure)
-                return None
+                for item in pending:
+                    self._requeue(item, attempts, failure)
+                return None, len(batch.items)
             log.info(
                 "runtime.action.over_budget",
-                extra={"outbox_id": item.id, "key": action.key, "system": action.system,
-                       "instance": action.instance, "wait_seconds": round(over.wait, 3)},
+                extra={"system": batch.system, "instance": batch.instance,
+                       "ticket_id": batch.ticket_id, "actions": len(pending),
+                       "wait_seconds": round(over.wait, 3)},
             )
-            self.store.release_actions(self.worker_id, [item.id])
-            return over.wait
+            self.store.release_actions(self.worker_id, [item.id for item in pending])
+            return over.wait, len(batch.items)
         except TransientError as exc:
-            self._requeue(item, attempts, exc)
-            return None
+            for item in pending:
+                self._requeue(item, attempts, exc)
+            return None, len(batch.items)
         except (ConnectorError, PluginError) as exc:
             # Refused, not found, bad credentials, no plugin: retrying cannot help, an operator can.
-            self._dead(item, attempts, f"{type(exc).__name__}: {exc}")
-            return None
+            for item in pending:
+                self._dead(item, attempts, f"{type(exc).__name__}: {exc}")
+            return None, len(batch.items)
+        self.store.release_actions(self.worker_id, [item.id for item in unsent])
+        return None, len(batch.items) - len(unsent)
+
+    def _apply_actions(self, batch: ActionBatch, connection: Connection) -> list[ActionResult]:
+        """The batch hook's results; where no plugin batches, the first action's alone.
+
+        The single-action hook's failure is raised: nothing of the batch landed.
+        """
+        results = self.pm.hook.apply_actions_for_connector(batch=batch, connection=connection)
+        if results is not None:
+            if len(results) != len(batch.actions):
+                raise PluginError(
+                    f"the {batch.system} connector answered {len(results)} results for "
+                    f"{len(batch.actions)} actions"
+                )
+            return list(results)
+        action = batch.actions[0]
+        result = self.pm.hook.apply_action_for_connector(action=action, connection=connection)
+        if result is None:
+            raise PluginError(f"no plugin applies {action.kind.value} actions to {action.system}")
+        return [result]
+
+    def _done(self, item: ClaimedAction, attempts: int, result: ActionResult) -> None:
+        action = item.action
         self.store.mark_done(self.worker_id, [item.id], now=self.clock(), attempts=attempts)
         log.info(
             "runtime.action.applied",
-            extra={"outbox_id": item.id, "key": action.key, "applied": result.applied,
+            extra={"outbox_id": item.id, "key": action.key, "kind": action.kind.value,
+                   "system": action.system, "instance": action.instance,
+                   "ticket_id": action.ticket_id, "applied": result.applied,
                    "attempts": item.attempts + attempts},
         )
         with self._notify_lock:
             notify_plugins(self.pm, "action_applied", action=action, result=result)
-        return None
 
     def _requeue(self, item: ClaimedAction, attempts: int, exc: TransientError) -> None:
         """Back to the outbox after a transient failure, or a dead letter after too many."""
@@ -559,7 +701,8 @@ class Worker:
         at = self.clock() + requeue_delay(self.retry, passes, exc.retry_after)
         log.warning(
             "runtime.action.requeued",
-            extra={"outbox_id": item.id, "key": item.action.key, "attempts": total,
+            extra={"outbox_id": item.id, "key": item.action.key, "ticket_id": item.action.ticket_id,
+                   "attempts": total,
                    "next_attempt_at": at.isoformat(), "error": str(exc)},
         )
         self.store.retry_later(self.worker_id, item.id, attempts=attempts, at=at, error=str(exc))
@@ -596,7 +739,9 @@ class Worker:
     def _dead(self, item: ClaimedAction, attempts: int, error: str) -> None:
         log.error(
             "runtime.action.dead_lettered",
-            extra={"outbox_id": item.id, "key": item.action.key, "error": error},
+            extra={"outbox_id": item.id, "key": item.action.key, "system": item.action.system,
+                   "instance": item.action.instance, "ticket_id": item.action.ticket_id,
+                   "error": error},
         )
         self.store.dead_letter(self.worker_id, item.id, attempts=attempts, now=self.clock(), error=error)
 

@@ -2,6 +2,8 @@
 
 from escalier.store._store import (
     ClaimedAction,
+    ClaimedBatch,
+    ClaimedCursor,
     ClaimedTimer,
     DeadLetter,
     StaleStateError,
@@ -15,6 +17,8 @@ from escalier.store.migrate import upgrade
 
 __all__ = [
     "ClaimedAction",
+    "ClaimedBatch",
+    "ClaimedCursor",
     "ClaimedTimer",
     "DeadLetter",
     "StaleStateError",

@@ -49,10 +49,20 @@ from sqlalchemy.orm import aliased
 
 from escalier.core.errors import StoreError
 from escalier.core.model import Action, EscalationState, HistoryEntry
-from escalier.store.schema import audit, dead_letters, escalations, outbox, timers
+from escalier.store.schema import (
+    audit,
+    dead_letters,
+    escalations,
+    inbox,
+    outbox,
+    sync_cursors,
+    timers,
+)
 
 __all__ = [
     "ClaimedAction",
+    "ClaimedBatch",
+    "ClaimedCursor",
     "ClaimedTimer",
     "DeadLetter",
     "StaleStateError",
@@ -99,7 +109,12 @@ class ClaimedTimer:
 
 @dataclass(frozen=True)
 class ClaimedAction:
-    """An outbox row this worker now holds."""
+    """An outbox row this worker now holds.
+
+    ``maybe_applied`` is True when an earlier attempt may have reached the upstream: it failed
+    (a timeout can fail after the write landed), or a worker claimed it and never gave it back
+    (it died, or its lease ran out, mid-call).
+    """
 
     id: int
     escalation_id: int
@@ -107,6 +122,44 @@ class ClaimedAction:
     urgency: int
     attempts: int
     action: Action
+    maybe_applied: bool = False
+
+
+@dataclass(frozen=True)
+class ClaimedBatch:
+    """The ready actions of one ticket, claimed together, in the engine's order."""
+
+    escalation_id: int
+    items: tuple[ClaimedAction, ...]
+
+    @property
+    def system(self) -> str:
+        """The upstream system of the ticket."""
+        return self.items[0].action.system
+
+    @property
+    def instance(self) -> str:
+        """The upstream instance of the ticket."""
+        return self.items[0].action.instance
+
+    @property
+    def ticket_id(self) -> str:
+        """The ticket the actions change."""
+        return self.items[0].action.ticket_id
+
+    @property
+    def urgency(self) -> int:
+        """The batch is served as urgently as its most urgent action."""
+        return max(item.urgency for item in self.items)
+
+
+@dataclass(frozen=True)
+class ClaimedCursor:
+    """A connection whose look for missed changes is due, and where the last one got to."""
+
+    system: str
+    instance: str
+    cursor: str | None
 
 
 @dataclass(frozen=True)
@@ -248,8 +301,33 @@ class _Statements:
             .order_by(o.urgency.desc(), o.created_at, o.id)
             .limit(limit)
         )
+        heads = (
+            select(o.id, o.escalation_id)
+            .where(*ready.whereclause.clauses)  # the same readiness rule, for whole tickets
+            .order_by(o.urgency.desc(), o.created_at, o.id)
+            .limit(limit)
+        )
+        siblings = (
+            select(
+                o.id, o.escalation_id, o.seq, o.urgency, o.attempts, o.next_attempt_at,
+                o.claimed_by, o.claimed_until, cast(o.action, Text).label("action"),
+            )
+            .where(o.escalation_id.in_(bindparam("escalations", expanding=True)), o.state == "pending")
+            .order_by(o.escalation_id, o.seq)
+        )
         if postgres:
             ready = ready.with_for_update(skip_locked=True, of=outbox)
+            heads = heads.with_for_update(skip_locked=True, of=outbox)
+            siblings = siblings.with_for_update(skip_locked=True)
+        self.ready_heads = heads
+        self.ticket_actions = siblings
+        self.claim_ids = (
+            update(outbox)
+            .where(o.id.in_(bindparam("ids", expanding=True)))
+            .values(
+                claimed_by=o_worker, claimed_until=bindparam("until", type_=o.claimed_until.type)
+            )
+        )
         self.claim_actions = (
             update(outbox)
             .where(o.id.in_(ready.scalar_subquery()))
@@ -612,6 +690,60 @@ class Store:
         ]
         return sorted(claimed, key=lambda a: (-a.urgency, a.id))
 
+    def claim_batches(
+        self, worker_id: str, *, now: datetime, limit: int, lease: timedelta, per_batch: int = 20
+    ) -> list[ClaimedBatch]:
+        """Claim the ready actions of up to ``limit`` tickets, most urgent ticket first.
+
+        A ticket is ready when its first pending action is (see :meth:`claim_actions`); with it
+        come the actions after it that are ready too, in ``seq`` order up to the first that is not
+        (a retry waiting out its backoff, another worker's claim) and at most ``per_batch``, so
+        that a connector can apply one escalation step in one upstream call.
+        """
+        now = utc(now)
+        params = {"worker_id": worker_id, "now": now, "limit": limit}
+        with self.begin() as tx:
+            connection = tx.connection
+            heads = connection.execute(self._sql.ready_heads, params).all()
+            if not heads:
+                return []
+            order = {row.escalation_id: rank for rank, row in enumerate(heads)}
+            rows = connection.execute(self._sql.ticket_actions, {"escalations": list(order)}).all()
+            chosen: dict[int, list[Any]] = {}
+            stopped: set[int] = set()
+            for row in rows:
+                escalation = row.escalation_id
+                taken = chosen.setdefault(escalation, [])
+                if escalation in stopped or len(taken) >= per_batch:
+                    continue
+                free = row.claimed_until is None or utc(row.claimed_until) < now or row.claimed_by == worker_id
+                if not free or utc(row.next_attempt_at) > now:
+                    stopped.add(escalation)
+                    continue
+                taken.append(row)
+            ids = [row.id for taken in chosen.values() for row in taken]
+            if not ids:
+                return []
+            connection.execute(
+                self._sql.claim_ids, {"ids": ids, "worker_id": worker_id, "until": now + lease}
+            )
+        batches = [
+            ClaimedBatch(
+                escalation,
+                tuple(
+                    ClaimedAction(
+                        row.id, row.escalation_id, row.seq, row.urgency, row.attempts,
+                        Action.model_validate_json(row.action),
+                        maybe_applied=row.attempts > 0 or row.claimed_by is not None,
+                    )
+                    for row in taken
+                ),
+            )
+            for escalation, taken in chosen.items()
+            if taken
+        ]
+        return sorted(batches, key=lambda batch: order[batch.escalation_id])
+
     def next_action_ready(self, *, after: datetime) -> datetime | None:
         """The earliest ``next_attempt_at`` of a pending action after ``after``, or None."""
         with self.engine.connect() as connection:
@@ -742,6 +874,82 @@ class Store:
                 .values(retried_at=now)
             )
         return len(outbox_ids)
+
+    # --- reconciliation cursors -----------------------------------------------------------------
+
+    def claim_cursors(
+        self, worker_id: str, accounts: Sequence[tuple[str, str]], *, now: datetime, lease: timedelta
+    ) -> list[ClaimedCursor]:
+        """Claim the connections among ``accounts`` whose look for missed changes is due.
+
+        A connection seen for the first time is due at once (a worker looks at start-up).
+        """
+        if not accounts:
+            return []
+        now = utc(now)
+        c = sync_cursors.c
+        with self.begin() as tx:
+            connection = tx.connection
+            rows = {
+                (row.system, row.instance): row
+                for row in connection.execute(select(sync_cursors))
+            }
+            missing = [account for account in accounts if account not in rows]
+            if missing:
+                connection.execute(
+                    insert(sync_cursors),
+                    [{"system": system, "instance": instance, "due_at": now} for system, instance in missing],
+                )
+            due = []
+            for account in accounts:
+                row = rows.get(account)
+                if row is not None:
+                    if utc(row.due_at) > now:
+                        continue
+                    held = row.claimed_until is not None and utc(row.claimed_until) >= now
+                    if held and row.claimed_by != worker_id:
+                        continue
+                due.append(ClaimedCursor(*account, row.cursor if row is not None else None))
+            for claimed in due:
+                connection.execute(
+                    update(sync_cursors)
+                    .where(c.system == claimed.system, c.instance == claimed.instance)
+                    .values(claimed_by=worker_id, claimed_until=now + lease)
+                )
+        return due
+
+    def save_cursor(
+        self, system: str, instance: str, cursor: str | None, *, due_at: datetime, now: datetime,
+        error: str | None = None,
+    ) -> None:
+        """Record where a look for missed changes got to and when the next is due; release it."""
+        c = sync_cursors.c
+        values: dict[str, Any] = {
+            "due_at": utc(due_at), "claimed_by": None, "claimed_until": None,
+            "last_error": error[:2000] if error else None,
+        }
+        if error is None:
+            values.update(cursor=cursor, synced_at=utc(now))
+        with self._write() as connection:
+            connection.execute(
+                update(sync_cursors).where(c.system == system, c.instance == instance).values(**values)
+            )
+
+    def next_cursor_due(self) -> datetime | None:
+        """The earliest moment a look for missed changes is due, or None."""
+        with self.engine.connect() as connection:
+            value = connection.execute(select(func.min(sync_cursors.c.due_at))).scalar()
+        return _maybe_utc(value)
+
+    def ignore_delivery(self, inbox_id: int, reason: str, *, now: datetime) -> None:
+        """Mark a stored delivery as carrying nothing to act on, with the reason."""
+        with self._write() as connection:
+            connection.execute(
+                update(inbox)
+                .where(inbox.c.id == inbox_id)
+                .values(state="ignored", error=reason[:2000], processed_at=utc(now),
+                        claimed_by=None, claimed_until=None)
+            )
 
     # --- what operators look at -----------------------------------------------------------------
 

@@ -21,7 +21,16 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["audit", "dead_letters", "escalations", "inbox", "metadata", "outbox", "timers"]
+__all__ = [
+    "audit",
+    "dead_letters",
+    "escalations",
+    "inbox",
+    "metadata",
+    "outbox",
+    "sync_cursors",
+    "timers",
+]
 
 metadata = MetaData()
 
@@ -139,4 +148,19 @@ dead_letters = Table(
     Column("failed_at", DateTime(timezone=True), nullable=False),
     Column("error", Text, nullable=False),
     Column("retried_at", DateTime(timezone=True), nullable=True),
+)
+
+# Reconciliation: per connection, where the last look for missed changes got to, and when the
+# next one is due; a claim is a lease, so one worker looks at a time.
+sync_cursors = Table(
+    "sync_cursors",
+    metadata,
+    Column("system", String(64), primary_key=True),
+    Column("instance", String(128), primary_key=True),
+    Column("cursor", Text, nullable=True),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("claimed_by", String(128), nullable=True),
+    Column("claimed_until", DateTime(timezone=True), nullable=True),
+    Column("synced_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
 )

@@ -172,8 +172,8 @@ def test_first_result_hooks_let_a_plugin_override_a_built_in(acme):
     now = datetime(2026, 3, 6, 15, 50, tzinfo=timezone.utc)
     mine = RawEvent(source="acme", instance="default", body=b"{}", headers={}, received_at=now)
     other = RawEvent(source="other", instance="default", body=b"{}", headers={}, received_at=now)
-    assert pm.hook.parse_event_for_connector(raw=mine)[0].ticket_id == "7"
-    assert pm.hook.parse_event_for_connector(raw=other) == []
+    assert pm.hook.parse_event_for_connector(raw=mine, config=None, connection=None)[0].ticket_id == "7"
+    assert pm.hook.parse_event_for_connector(raw=other, config=None, connection=None) == []
     action = Action(kind=ActionKind.ADD_TAGS, key="acme:default:7:1", system="acme", ticket_id="7", tags=("x",))
     assert pm.hook.apply_action_for_connector(action=action, connection=None).detail.startswith("acme applied")
 

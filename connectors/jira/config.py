@@ -10,7 +10,28 @@ from pydantic import Field
 from escalier.connectors._config import ConnectorSettings, StrictModel, check_person
 from escalier.core.policy import SecretRef
 
-__all__ = ["JiraConfig", "JiraSite", "JiraTarget", "check_target"]
+__all__ = ["JiraConfig", "JiraFields", "JiraSite", "JiraTarget", "check_target"]
+
+
+class JiraFields(StrictModel):
+    """Which Jira fields hold what the engine reads: a field id (``customfield_10050``) each."""
+
+    severity: str | None = Field(
+        default=None,
+        description="a select or text field whose value is one of the policy's severities; "
+        "without it, the priority's name (lower-cased) is taken as the severity",
+    )
+    users_affected: str | None = Field(default=None, description="a number field")
+    organization: str | None = Field(
+        default=None, description="a field naming the customer organization (Service Management: "
+        "its Organizations field)"
+    )
+    custom: dict[str, str] = Field(
+        default_factory=dict,
+        description="more fields for criteria and required information: a name the policy uses "
+        "-> a Jira field id",
+        examples=[{"steps_to_reproduce": "customfield_10060", "business_impact": "customfield_10061"}],
+    )
 
 
 class JiraSite(ConnectorSettings):
@@ -26,7 +47,41 @@ class JiraSite(ConnectorSettings):
         default_factory=list, description="current secret first; a previous one during rotation"
     )
     project: str | None = None
-    components: list[str] = Field(default_factory=list, description="component names targets may use")
+    components: list[str] = Field(
+        default_factory=list,
+        description="component names targets may use; moving a ticket to a tier's component "
+        "removes the others of this list and keeps any other component a person set",
+    )
+    jql: str | None = Field(
+        default=None,
+        description="the issues Escalier governs, as JQL (e.g. 'project = SUP'); reconciliation "
+        "searches within it, and the webhook's own JQL filter should say the same",
+        examples=["project = SUP AND issuetype != Epic"],
+    )
+    fields: JiraFields = Field(default_factory=JiraFields)
+    priorities: dict[str, str] = Field(
+        default_factory=lambda: {"urgent": "Highest", "high": "High", "normal": "Medium", "low": "Low"},
+        description="the policy's priorities -> Jira priority names; read back the other way",
+    )
+    severities_by_priority: dict[str, str] = Field(
+        default_factory=lambda: {
+            "Highest": "critical", "High": "high", "Medium": "medium", "Low": "low", "Lowest": "low",
+        },
+        description="Jira priority name -> severity, for sites with no severity field",
+    )
+    pending_statuses: list[str] = Field(
+        default_factory=lambda: ["Waiting for customer", "Pending"],
+        description="status names that mean waiting on the customer (SLA clocks pause)",
+    )
+    on_hold_statuses: list[str] = Field(
+        default_factory=lambda: ["Waiting for support", "On hold", "Blocked"],
+        description="status names that mean waiting on a third party",
+    )
+    service_desk_projects: list[str] = Field(
+        default_factory=list,
+        description="keys of Service Management projects: only there are internal comments "
+        "sent with the sd.public.comment property (elsewhere it breaks some Jira versions)",
+    )
     # Data Center identifies users by username, Cloud by accountId; either way this is ours.
     service_account: str | None = Field(
         default=None, description="Escalier's own accountId or username, to ignore its own changes"
