@@ -74,7 +74,8 @@ class JiraSite(ConnectorSettings):
         description="status names that mean waiting on the customer (SLA clocks pause)",
     )
     on_hold_statuses: list[str] = Field(
-        default_factory=lambda: ["Waiting for support", "On hold", "Blocked"],
+        # Not "Waiting for support": in Service Management that is the support team's turn.
+        default_factory=lambda: ["On hold", "Blocked", "Waiting for vendor", "Waiting for third party"],
         description="status names that mean waiting on a third party",
     )
     service_desk_projects: list[str] = Field(
