@@ -34,6 +34,8 @@ examples:
   escalier schema > escalier.schema.json         JSON Schema for editor completion
   escalier plugins                               connectors and plugins installed
   escalier simulate escalier.yaml ticket.json    dry-run a ticket: what happens, when, why
+  escalier parse jira delivery.json              what the Jira connector reads from a webhook
+  escalier sandbox jira                          a Jira of your own in memory, for trying things
   escalier serve escalier.yaml                   receive webhooks and act on them (one command)
   escalier status --policy escalier.yaml         open escalations, timers, backlog, dead letters
 
@@ -94,12 +96,19 @@ warning here, since the file may be checked where the secrets are not.""",
 examples:
   escalier check-config examples/escalier.yaml
   escalier check-config --strict --quiet escalier.yaml && deploy
+  escalier check-config --connect escalier.yaml    # and log in to each connection
 
-exit status: 0 valid, 2 invalid (or warnings with --strict).""",
+exit status: 0 valid, 2 invalid (or warnings with --strict), 1 a connection failed
+(with --connect).""",
     )
     check.add_argument("policy", metavar="FILE", help="the policy file (YAML)")
     check.add_argument("--strict", action="store_true", help="treat warnings as errors")
     check.add_argument("--quiet", "-q", action="store_true", help="print problems only")
+    check.add_argument(
+        "--connect", action="store_true",
+        help="then try each configured connection (one cheap read, e.g. Jira's myself) and say "
+        "what it found; exit 1 if one fails",
+    )
     check.set_defaults(handler=_check_config)
 
     schema = _command(
@@ -160,6 +169,46 @@ examples:
     )
     simulate.set_defaults(handler=_simulate)
 
+    parse = _command(
+        commands,
+        "parse",
+        "show what a connector reads from a captured delivery",
+        """\
+Show what a connector reads from one captured delivery: a webhook body saved
+from Jira's or Zendesk's delivery log, or an .eml file for email. No store, no
+network and no policy are needed; this is how to find out why Escalier ignored
+a delivery. With --policy, the connector's settings (field mapping, statuses,
+Escalier's own account) come from the policy file.
+
+A payload that does not carry the ticket (Jira Server's comment events) is
+shown with its ticket missing: the worker reads it from the upstream.""",
+        """\
+examples:
+  escalier parse jira delivery.json
+  escalier parse jira delivery.json --policy escalier.yaml --json | jq '.events[0].ticket'
+  escalier parse zendesk body.json --header 'X-Zendesk-Webhook-Id: 01HX...'
+  pbpaste | escalier parse jira -
+
+output with --json: {"source": ..., "events": [TicketEvent, ...],
+  "skipped": null | {"reason": ..., "class": ...}}, where class names why a
+  delivery carries nothing to act on (unsupported_event, own_change, ...).
+
+exit status: 0 parsed (or skipped, with the reason), 2 unreadable input.""",
+    )
+    parse.add_argument("source", metavar="SOURCE", help="the connector: jira, zendesk, email or a plugin's")
+    parse.add_argument("file", metavar="FILE", help="the delivery's body (- for standard input)")
+    parse.add_argument(
+        "--header", action="append", default=[], metavar="'NAME: VALUE'",
+        help="a request header of the delivery (repeatable)",
+    )
+    parse.add_argument("--instance", default="default", help="the connector instance (default: default)")
+    parse.add_argument("--policy", metavar="FILE", help="read the connector's settings from this policy")
+    parse.add_argument("--json", action="store_true", help="print the documented JSON")
+    parse.set_defaults(handler=_parse)
+
+    from escalier.sandbox import add_sandbox_command
+
+    add_sandbox_command(commands)
     _add_runtime_commands(commands)
     return parser
 
@@ -302,6 +351,8 @@ def _serve(args: argparse.Namespace) -> int:
     url = _store_url(args, args.policy)
     policy = load_policy(args.policy)
     settings = ReceiverSettings.from_policy(policy, os.environ, url)
+    if not args.no_worker:
+        _can_connect(policy)
     # Before the store is touched or the worker started (run_receiver checks again).
     check_free(args.bind)
     revision = upgrade(url)
@@ -317,6 +368,15 @@ def _serve(args: argparse.Namespace) -> int:
         if worker is not None:
             worker.stop()
     return EXIT_OK
+
+
+def _can_connect(policy: object) -> None:
+    """Build every connection (no network): a missing variable stops the start-up, named."""
+    from escalier.plugins import get_plugin_manager
+    from escalier.runtime.operations import build_connections
+
+    for connection in build_connections(policy, get_plugin_manager(), os.environ).values():  # type: ignore[arg-type]
+        connection.close()
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -426,7 +486,21 @@ def _check_config(args: argparse.Namespace) -> int:
               f"{sum(len(row) for row in policy.matrix.values())}, "
               f"calendars: {', '.join(policy.calendars)}")
         print(f"  connectors: {', '.join(policy.connectors) or 'none'}")
+    if args.connect:
+        return _connect(policy)
     return EXIT_OK
+
+
+def _connect(policy: object) -> int:
+    from escalier.plugins import get_plugin_manager
+    from escalier.runtime.operations import check_connections
+
+    results = check_connections(policy, get_plugin_manager(), os.environ)  # type: ignore[arg-type]
+    if not results:
+        print("  no connection to try")
+    for (system, instance), ok, found in results:
+        print(f"  {system}/{instance}: {'ok' if ok else 'FAILED'}: {found}")
+    return EXIT_OK if all(ok for _, ok, _ in results) else EXIT_FAILED
 
 
 def _count(items: Sequence[object], noun: str) -> str:
@@ -439,6 +513,15 @@ def _schema(args: argparse.Namespace) -> int:
     json.dump(policy_json_schema(), sys.stdout, indent=args.indent)
     sys.stdout.write("\n")
     return EXIT_OK
+
+
+def _parse(args: argparse.Namespace) -> int:
+    from escalier.parse import run
+
+    return run(
+        args.source, args.file, headers=args.header, instance=args.instance, policy_path=args.policy,
+        as_json=args.json,
+    )
 
 
 def _simulate(args: argparse.Namespace) -> int:

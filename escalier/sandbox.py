@@ -1,0 +1,108 @@
+"""``escalier sandbox NAME``: start a connector's sandbox server, an upstream in memory."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from typing import Any
+
+__all__ = ["add_sandbox_command"]
+
+EXIT_USAGE = 2
+
+_DESCRIPTION = """\
+Start a connector's sandbox: an in-memory server on this machine that speaks the
+upstream's real REST API and sends its real webhooks (signed like the upstream),
+so that Escalier, the upstream's own client library and your tests can run
+without a real Jira or Zendesk site. Nothing leaves this machine.
+
+It prints its URL, a block to paste into the policy file, and the environment
+variables to export; then one line per webhook it delivers. Data lives in memory
+and is gone when it stops (Ctrl-C).
+
+The control API under /_sandbox/ makes the upstream misbehave on purpose: answer
+429 or 503 a few times, answer slowly, drop webhooks (to exercise
+reconciliation), limit writes to a budget; it also counts the calls per
+endpoint and the action keys Escalier sent, so an action applied twice shows."""
+
+_EPILOG = """\
+examples:
+  escalier sandbox jira
+  escalier sandbox jira --port 8091 --deployment datacenter
+  escalier sandbox jira --webhook-url http://127.0.0.1:8080/webhooks/jira --webhook-secret s3cret
+  curl -s localhost:8091/_sandbox/calls
+  curl -s -X POST localhost:8091/_sandbox/faults -d '{"status": 429, "count": 2, "retry_after": 3}'
+  curl -s -X POST localhost:8091/_sandbox/webhooks -d '{"drop": 1}'
+
+exit status: 0 stopped cleanly, 2 unknown sandbox or an option it does not take."""
+
+# Options that only some flavours take, by the constructor keyword they map to.
+_FLAVOUR_OPTIONS = {"deployment": "--deployment"}
+
+
+def add_sandbox_command(commands: argparse._SubParsersAction) -> None:
+    """Register ``escalier sandbox NAME [--port P] [--host H] [--webhook-url URL] ...``."""
+    parser = commands.add_parser(
+        "sandbox",
+        help="start a connector's sandbox server (an upstream in memory, for trying and testing)",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("name", metavar="NAME", help="the connector whose sandbox to start (e.g. jira)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=0, help="port to listen on (default 0: a free port, printed)"
+    )
+    parser.add_argument(
+        "--webhook-url", metavar="URL", help="where to send webhooks, e.g. Escalier's receiver"
+    )
+    parser.add_argument("--webhook-secret", metavar="S", help="the secret to sign webhooks with")
+    parser.add_argument(
+        "--deployment",
+        choices=("cloud", "datacenter"),
+        help="Jira only: which flavour to imitate (default cloud)",
+    )
+    parser.set_defaults(handler=_sandbox)
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from escalier.connectors._sandbox import run_sandbox
+    from escalier.plugins import get_plugin_manager
+
+    specs = [spec for specs in get_plugin_manager().hook.register_connectors() for spec in specs or ()]
+    available = sorted(spec.name for spec in specs if getattr(spec, "sandbox", None) is not None)
+    spec = next((s for s in specs if s.name == args.name), None)
+    if spec is None or getattr(spec, "sandbox", None) is None:
+        reason = "has no sandbox" if spec is not None else "is not an installed connector"
+        print(
+            f"escalier: '{args.name}' {reason}; sandboxes available: {', '.join(available) or 'none'}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    accepted = inspect.signature(spec.sandbox).parameters
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "webhook_url": args.webhook_url,
+        "webhook_secret": args.webhook_secret,
+    }
+    for keyword, flag in _FLAVOUR_OPTIONS.items():
+        value = getattr(args, keyword)
+        if value is None:
+            continue
+        if keyword not in accepted:
+            print(f"escalier: the {args.name} sandbox does not take {flag}", file=sys.stderr)
+            return EXIT_USAGE
+        options[keyword] = value
+    try:
+        sandbox = spec.sandbox(**options)
+    except (OSError, ValueError) as exc:
+        print(f"escalier: cannot start the {args.name} sandbox: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return run_sandbox(sandbox, out=sys.stdout)
+    except OSError as exc:
+        print(f"escalier: cannot start the {args.name} sandbox: {exc}", file=sys.stderr)
+        return 1
