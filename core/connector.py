@@ -58,13 +58,18 @@ class ActionResult:
 
     In a batch, an action that failed while others of the batch landed has ``error`` set: the
     worker retries it (a :class:`~escalier.core.errors.TransientError`) or makes it a dead letter,
-    and never sends the ones that landed again.
+    and never sends the ones that landed again. ``calls`` says how many upstream writes the
+    action took, so that a connector whose one hook call makes several requests spends as many
+    write tokens; a hook call spends one token at least.
     """
 
     applied: bool
     detail: str = ""
     rate_limit: RateLimit | None = None
     error: ConnectorError | None = None
+    # Upstream write requests the action took (one shared by several actions counts on one of
+    # them); 0 when not reported. The worker spends a write token per request it is told of.
+    calls: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,14 @@ class TokenBucket:
                 self._tokens -= 1
             return wait
 
+    def charge(self, tokens: int) -> None:
+        """Spend ``tokens`` more, already sent: the budget may run below zero and then refills."""
+        if tokens <= 0 or self.capacity is None:
+            return
+        with self._lock:
+            self._refill(self.clock())
+            self._tokens -= tokens
+
     def observe(self, rate_limit: RateLimit | None) -> None:
         """Believe the upstream: never more tokens than it has left; none until its reset at zero."""
         if rate_limit is None or rate_limit.remaining is None:
@@ -197,6 +205,10 @@ class RateLimiter:
     def acquire(self, system: str, instance: str) -> float:
         """Take a token of the account (0.0) or learn how many seconds until one is there."""
         return self.bucket(system, instance).acquire()
+
+    def charge(self, system: str, instance: str, tokens: int) -> None:
+        """Spend ``tokens`` of one account's budget on writes already sent."""
+        self.bucket(system, instance).charge(tokens)
 
     def observe(self, system: str, instance: str, rate_limit: RateLimit | None) -> None:
         """Adjust the account's bucket to the budget its upstream reported."""

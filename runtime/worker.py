@@ -622,6 +622,8 @@ class Worker:
                 else:
                     # Refused, not found, bad credentials: retrying cannot help, an operator can.
                     self._dead(item, attempts, f"{type(error).__name__}: {error}")
+            # The call took a token; writes beyond the first that the connector reports take theirs.
+            self.rate_limiter.charge(*account, sum(r.calls for r in results) - 1)
             self.rate_limiter.observe(*account, next(
                 (r.rate_limit for r in reversed(results) if r.rate_limit is not None), None))
             if transient is not None:

@@ -67,11 +67,12 @@ def test_serve_refuses_to_start_without_webhook_secrets(tmp_path, example_policy
 
 
 def serve_setup(tmp_path, example_policy_path) -> tuple[Path, int, dict[str, str]]:
-    """A copy of the example policy, a free port, and an environment with its webhook secrets."""
+    """A copy of the example policy, a free port, and an environment with its secrets."""
     policy = tmp_path / "escalier.yaml"
     shutil.copy(example_policy_path, policy)
     env = {**os.environ, "JIRA_WEBHOOK_SECRET": "jira-secret", "ZENDESK_WEBHOOK_SECRET": "zd-secret",
-           "ZENDESK_WEBHOOK_SECRET_PREVIOUS": "zd-old"}
+           "ZENDESK_WEBHOOK_SECRET_PREVIOUS": "zd-old", "JIRA_API_TOKEN": "jira-token",
+           "ZENDESK_API_TOKEN": "zd-token"}
     env.pop("ESCALIER_DB", None)
     return policy, free_port(), env
 

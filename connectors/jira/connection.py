@@ -30,7 +30,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -284,6 +284,7 @@ class JiraConnection:
         self._base = site.url.rstrip("/") + "/rest/api/2/"
         self._client: JIRA | None = None
         self._lock = threading.Lock()
+        self._tally = threading.local()  # write requests of the batch in hand, per thread
         self._tickets: dict[str, tuple[float, Ticket, frozenset[str]]] = {}
         self._me: dict[str, Any] | None = None
 
@@ -325,6 +326,8 @@ class JiraConnection:
         """One request through the client's session; raises our errors, never the library's."""
         what = f"{method} {path}"
         headers = {ACTION_KEYS_HEADER: ",".join(keys)} if keys else {}
+        if method != "GET":
+            self._tally.writes = getattr(self._tally, "writes", 0) + 1
         try:
             session = self._jira()._session
             return session.request(
@@ -492,6 +495,7 @@ class JiraConnection:
         issue = str(batch.ticket_id)
         path = f"issue/{quote(issue, safe='')}"
         results: dict[str, ActionResult] = {}
+        self._tally.writes = 0
         maybe = {a.key for a in batch.actions if a.key in batch.maybe_applied}
         plan = self._plan(batch.actions)
         look: dict[str, Any] | None = None
@@ -511,6 +515,8 @@ class JiraConnection:
         ]
         if all(r.error is not None for r in ordered):
             raise next(r.error for r in ordered if r.error is not None)
+        # The writes this batch made, told on its first result, so each spends a write token.
+        ordered[0] = replace(ordered[0], calls=self._tally.writes)
         failed = [a.key for a, r in zip(batch.actions, ordered, strict=True) if r.error is not None]
         log.info(
             "jira.batch.applied" if not failed else "jira.batch.partial",

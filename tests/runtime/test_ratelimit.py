@@ -52,6 +52,20 @@ def test_a_full_bucket_spends_its_capacity_then_refills_evenly() -> None:
     assert bucket.tokens == 60  # never more than its capacity
 
 
+def test_writes_charged_after_the_fact_are_paid_back_before_the_next_token() -> None:
+    clock = Seconds()
+    bucket = TokenBucket(60, period=60.0, clock=clock)  # a token a second
+    for _ in range(60):
+        assert bucket.acquire() == 0.0
+    bucket.charge(2)  # the last call made three writes, not one
+    assert bucket.acquire() == pytest.approx(3.0, abs=1e-3)
+    clock.advance(3.0)
+    assert bucket.acquire() == 0.0
+    unlimited = TokenBucket(None, clock=clock)
+    unlimited.charge(5)
+    assert unlimited.acquire() == 0.0
+
+
 def test_a_retry_after_pauses_the_bucket_which_then_starts_empty() -> None:
     clock = Seconds()
     bucket = TokenBucket(10, period=1.0, clock=clock, margin=0.05)

@@ -10,7 +10,8 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from escalier.plugins import get_plugin_manager
 from escalier.runtime.operations import build_connections, configured_instances, reconcile_intervals
 from escalier.runtime.ratelimit import RateLimiter
 from escalier.runtime.retry import RetrySettings
+from escalier.runtime.testing import FakeClock
 from escalier.runtime.worker import Worker
 from escalier.store import Store, create_store_engine, upgrade
 from escalier.store.schema import inbox, outbox
@@ -61,22 +63,30 @@ tiers:
   - level: 1
     name: General support
     targets: {{jira: {{component: Support L1, labels: [tier-1], assignee: mia}}}}
-    sla: {{acknowledge: 30m, resolve: 8h}}
+    sla: {{resolve: 8h}}
     raci: {{accountable: [mia]}}
   - level: 2
     name: Specialists
     targets: {{jira: {{component: Support L2, labels: [tier-2], assignee: priya}}}}
-    sla: {{acknowledge: 30m, resolve: 8h}}
+    sla: {{resolve: 8h}}
     raci: {{accountable: [priya]}}
   - level: 3
     name: Critical response
     targets: {{jira: {{component: Platform, labels: [tier-3], assignee: tomas}}}}
-    sla: {{acknowledge: 15m, resolve: 4h}}
+    sla: {{resolve: 4h}}
     raci: {{accountable: [tomas]}}
 severities: [critical, high, medium, low]
 impact:
   - {{name: widespread, users_at_least: 50}}
   - {{name: single, users_at_least: 0}}
+notifications: {{repeat_every: 4h, max_repeats: 1}}
+criteria:
+  - id: high-stale
+    when: {{tier: [1], severity: [high], unresolved_for: 30m}}
+    then: {{to_tier: 3}}
+  - id: stale
+    when: {{tier: [1], unresolved_for: 30m}}
+    then: {{to_tier: 2}}
 matrix:
   critical: {{widespread: {{tier: 3, priority: urgent}}, single: {{tier: 2, priority: high}}}}
   high: {{widespread: {{tier: 2, priority: high}}, single: {{tier: 1, priority: normal}}}}
@@ -98,6 +108,7 @@ class JiraRig:
     receiver_url: str
     policy_path: Path
     connections: dict[Any, Any] = field(default_factory=dict)
+    clock: FakeClock | None = None
 
     def severity(self, value: str) -> dict[str, Any]:
         """The custom-field value that sets an issue's severity."""
@@ -115,7 +126,16 @@ class JiraRig:
             if time.monotonic() > deadline:
                 raise AssertionError("the path never settled")
             if not done.total:
+                if self.clock is not None:
+                    self._wait_in_fake_time()
                 time.sleep(0.05)
+
+    def _wait_in_fake_time(self) -> None:
+        """Move a shared fake clock to when the next held action may go (a paused budget)."""
+        assert self.clock is not None
+        later = self.store.next_action_ready(after=self.clock.now() - timedelta(days=1))
+        if later is not None and later > self.clock.now():
+            self.clock.advance((later - self.clock.now()).total_seconds())
 
     def _idle(self) -> bool:
         with self.store.engine.connect() as connection:
@@ -150,12 +170,18 @@ def jira_rig(
     writes_per_minute: int = 600,
     reconcile_every: str = "off",
     rate_limiter: RateLimiter | None = None,
+    clock: FakeClock | None = None,
 ) -> Iterator[JiraRig]:
-    """Start the sandbox and the receiver, write a policy pointing at them, build a worker."""
+    """Start the sandbox and the receiver, write a policy pointing at them, build a worker.
+
+    With ``clock``, the sandbox, the receiver and the worker share one compressed time: the
+    worker's sleeps advance it, and the sandbox's write budget and timestamps follow it.
+    """
     url = f"sqlite:///{tmp_path / 'escalier.db'}"
     upgrade(url)
     sandbox = JiraSandbox(deployment=deployment, token=TOKEN, webhook_secret=SECRET,
-                          webhook_retry_delays=(0.05, 0.1, 0.2)).start()
+                          webhook_retry_delays=(0.05, 0.1, 0.2),
+                          clock=clock.now if clock is not None else None).start()
     ids = {handle: sandbox.user(handle) for handle in ("mia", "priya", "tomas")}
     key = "accountId" if deployment == "cloud" else "name"
     policy_path = tmp_path / "escalier.yaml"
@@ -167,7 +193,10 @@ def jira_rig(
     ))
     pm = get_plugin_manager(load_entrypoints=False)
     policy = load_policy(policy_path, plugin_manager=pm)
-    app = create_app(ReceiverSettings.from_policy(policy, ENVIRON, url), plugin_manager=pm)
+    settings = ReceiverSettings.from_policy(policy, ENVIRON, url)
+    if clock is not None:
+        settings = replace(settings, clock=clock.now)
+    app = create_app(settings, plugin_manager=pm)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -178,11 +207,12 @@ def jira_rig(
     worker = Worker(
         Store(engine), decide=decide, policy=policy, connections=connections, plugin_manager=pm,
         retry=FAST_RETRIES, worker_id="e2e-worker", rate_limiter=rate_limiter,
+        **({"clock": clock.now, "sleep": clock.sleep} if clock is not None else {}),
         settings={account: found.settings for account, found in configured_instances(policy, pm).items()},
         reconcile=reconcile_intervals(policy, pm),
     )
     try:
-        yield JiraRig(sandbox, worker.store, worker, receiver_url, policy_path, connections)
+        yield JiraRig(sandbox, worker.store, worker, receiver_url, policy_path, connections, clock)
     finally:
         server.shutdown()
         thread.join(timeout=5)
