@@ -77,9 +77,28 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _storable(text: str | None) -> str | None:
+    """``text`` as a database can store it: a lone surrogate (which JSON's ``"\\ud800"`` escape
+    gives) cannot be encoded as UTF-8, and is kept as its escape instead."""
+    if text is None or text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One delivery to store: the raw body, the headers worth keeping, and what it is."""
+    """One delivery to store: the raw body, the headers worth keeping, and what it is.
+
+    The body is stored as the bytes received, whatever they contain. The text fields taken from
+    a payload (``event_type``, ``delivery_id``) and the header values are made storable here, so
+    that no content can fail the commit it shares with other deliveries. ``body_sha256`` is the
+    same-body de-duplication key: the body's SHA-256 unless the caller gives one (the receiver
+    hashes a signed timestamp in with the body).
+    """
 
     source: str
     instance: str
@@ -98,6 +117,15 @@ class Delivery:
     def __post_init__(self) -> None:
         if not self.body_sha256:
             object.__setattr__(self, "body_sha256", hashlib.sha256(self.body).hexdigest())
+        for name in ("source", "instance", "delivery_id", "event_type", "error"):
+            value = getattr(self, name)
+            if value is not None and not value.isascii():
+                object.__setattr__(self, name, _storable(value))
+        headers = self.headers
+        if not all(isinstance(v, str) and v.isascii() and k.isascii() for k, v in headers.items()):
+            object.__setattr__(
+                self, "headers", {_storable(str(k)): _storable(str(v)) for k, v in headers.items()}
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,12 +564,16 @@ class GroupCommitter:
         """Commit ``batch`` and finish its requests; the caller holds the turn."""
         try:
             outcomes = self._store([w.delivery for w in batch])
-        except StoreError as exc:
+        except Exception as exc:  # whatever one row did, it is retried alone; see below
             if len(batch) > 1:
-                # One unstorable row must not fail its neighbours: retry each on its own.
+                # One unstorable row must not fail its neighbours: retry each on its own. On
+                # SQLite a failed statement stored nothing (it is one autocommit statement).
                 for waiter in batch:
                     self._commit([waiter])
                 return
+            if not isinstance(exc, StoreError):
+                log.exception("inbox.commit.failed")
+                exc = StoreError(f"the inbox commit failed: {type(exc).__name__}")
             self._fail(batch, exc)
             return
         self.batches += 1
@@ -561,6 +593,11 @@ class GroupCommitter:
         except (SQLAlchemyError, sqlite3.Error) as exc:
             self._drop_connection()
             raise _store_error(exc) from exc
+        except Exception:
+            if self._sqlite is None:
+                # A transaction may be left open on the kept connection: start the next afresh.
+                self._drop_connection()
+            raise
 
     def _store_sqlite(self, deliveries: list[Delivery]) -> list[Stored]:
         assert self._sqlite is not None

@@ -3,10 +3,17 @@
 A view checks size and content type, verifies authenticity on the raw body, parses JSON, checks
 freshness, classifies the event, stores the raw delivery durably, and only then answers 2xx.
 Bad input is a 4xx; failing to store is the only 5xx (503, so the sender retries).
+
+What a delivery keeps: its raw body as bytes, and only the headers ``ReceiverSettings.kept_headers``
+names. Its same-body de-duplication key covers what its signature covers: the body alone where the
+signature covers no time (Jira), the signed timestamp and the body where it does (Zendesk), so two
+events whose templated bodies happen to be identical are two deliveries. A delivery id never goes
+into that key: no sender signs it, so a replay could change it at will.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -15,6 +22,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import pluggy
@@ -30,7 +38,7 @@ from escalier.store.database import create_store_engine, ensure_schema
 from escalier.store.inbox import Delivery, GroupCommitter
 from escalier.store.schema import inbox
 from escalier.webhooks import _metrics
-from escalier.webhooks.settings import ReceiverSettings
+from escalier.webhooks.settings import DEFAULT_KEPT_HEADERS, ReceiverSettings
 from escalier.webhooks.verification import Rejected
 
 __all__ = ["Receiver", "create_app"]
@@ -40,11 +48,6 @@ log = logging.getLogger("escalier.webhooks")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _PRINTABLE_ID = re.compile(r"^[\x21-\x7e]{1,255}$")
-# Never stored: credentials of any kind. Timestamps stay, so a stored row can be re-verified.
-_SECRET_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-escalier-token"}
-)
-_SECRET_WORDS = ("token", "secret", "password", "api-key", "apikey")
 _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
@@ -64,6 +67,12 @@ class Receiver:
     committer: GroupCommitter
     plugin_manager: pluggy.PluginManager
     counters: _metrics.Counters = field(default_factory=_metrics.Counters)
+    # The kept headers as (WSGI environ key, header name) pairs, worked out once.
+    kept_headers: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.kept_headers:
+            self.kept_headers = _environ_keys(self.settings.kept_headers)
 
     def identity(self, source: str, instance: str) -> OwnIdentity:
         """How Escalier recognises its own changes coming back from one instance."""
@@ -94,6 +103,9 @@ def create_app(settings: ReceiverSettings, *, plugin_manager: pluggy.PluginManag
     specs = _collect_specs(pm)
     app = Flask("escalier.webhooks", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # /webhooks/jira//eu is not a path of ours: werkzeug would answer an HTML 308 to a merged one,
+    # which no webhook sender follows with its body.
+    app.url_map.merge_slashes = False
     engine = create_store_engine(settings.store_url)
     if settings.create_schema:
         ensure_schema(engine)
@@ -186,51 +198,48 @@ def _error(status: int, code: str, reason: str) -> Response:
     return response
 
 
-def _kept_headers(environ: Mapping[str, Any]) -> dict[str, str]:
-    """The request's headers by their usual names (as ``request.headers`` gives them), less
-    those that carry a credential or a signature: never stored."""
-    kept = {}
-    for key, value in environ.items():
-        name = _HEADER_NAMES.get(key, _UNSEEN)
-        if name is _UNSEEN:
-            name = _header_name(key)
-        if name is not None and (value or not key.startswith("CONTENT_")):
-            kept[name] = value
-    return kept
+def _environ_keys(names: frozenset[str]) -> tuple[tuple[str, str], ...]:
+    """The WSGI environ key and the usual spelling (as ``request.headers`` gives it) of each name."""
+    pairs = []
+    for lower in sorted({name.lower() for name in names}):
+        key = lower.upper().replace("-", "_")
+        if lower not in ("content-type", "content-length"):
+            key = f"HTTP_{key}"
+        pairs.append((key, "-".join(part.capitalize() for part in lower.split("-"))))
+    return tuple(pairs)
 
 
-def _header_name(key: str) -> str | None:
-    """The header name of WSGI environ ``key``; None for what is not a header, or not kept."""
-    if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-        name: str | None = key.replace("_", "-").title()
-    elif key.startswith("HTTP_") and key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
-        name = key[5:].replace("_", "-").title()
-    else:
-        name = None
-    if name is not None:
-        lower = name.lower()
-        if (
-            lower in _SECRET_HEADERS
-            or lower.endswith("signature")
-            or lower.startswith("x-hub-signature")
-            or any(word in lower for word in _SECRET_WORDS)
-        ):
-            name = None
-    # Senders use a handful of names; a flood of new ones is worked out each time, not kept.
-    if len(_HEADER_NAMES) < 4096:
-        _HEADER_NAMES[key] = name
-    return name
-
-
-_HEADER_NAMES: dict[str, str | None] = {}
-_UNSEEN = object()
+def _kept_headers(
+    environ: Mapping[str, Any], kept: tuple[tuple[str, str], ...] = _environ_keys(DEFAULT_KEPT_HEADERS)
+) -> dict[str, str]:
+    """The request's headers that ``kept`` (from :func:`_environ_keys`) names; no other is stored."""
+    found = {}
+    for key, name in kept:
+        value = environ.get(key)
+        if value is not None and (value or not key.startswith("CONTENT_")):
+            found[name] = value
+    return found
 
 
 def _parse(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object: UTF-8 only, and without a byte order mark (RFC 8259, 8.1).
+
+    ``json.loads`` given bytes would also take UTF-16 or UTF-32 and skip a BOM, where a consumer
+    decoding the stored body as UTF-8 would not: every endpoint refuses them alike.
+    """
     try:
-        payload = json.loads(body)
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejected("malformed_json", "the body is not UTF-8", status=400) from exc
+    if text.startswith("\ufeff"):
+        raise Rejected(
+            "malformed_json", "the body starts with a byte order mark; send UTF-8 JSON without one",
+            status=400,
+        )
+    try:
+        payload = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        # ValueError covers bad UTF-8 and JSON; RecursionError very deep nesting.
+        # RecursionError: very deep nesting.
         raise Rejected("malformed_json", "the body is not valid JSON", status=400) from exc
     if not isinstance(payload, dict):
         raise Rejected("malformed_json", "the body is not a JSON object", status=400)
@@ -259,9 +268,7 @@ def _receive(spec: WebhookSpec, instance: str) -> Response:
             f"the body must be sent as {' or '.join(spec.content_types)}",
             status=415,
         )
-    body = request_.get_data(cache=False)
-    if len(body) > settings.max_body_bytes:
-        raise Rejected("body_too_large", "the body is larger than the limit", status=413)
+    body = _read_body(request_, settings.max_body_bytes)
     now = settings.clock()
     signed = spec.verify(headers, body, secrets, now)
     if signed is not None and abs(now - signed) > settings.replay_tolerance:
@@ -270,6 +277,14 @@ def _receive(spec: WebhookSpec, instance: str) -> Response:
         )
     payload = _parse(body)
     sent = spec.sent_at(headers, payload) if spec.sent_at else None
+    if sent is None and signed is None and spec.sent_at is not None:
+        # The signature covers no time and the payload names none we can read: nothing but the
+        # same-body window would bound a replay, and past it a captured body would be new again.
+        raise Rejected(
+            "unusable_timestamp",
+            "the payload carries no timestamp in epoch milliseconds, so its age cannot be checked",
+            status=400,
+        )
     # Jira signs no timestamp and retries for about 30 minutes: its payload's own timestamp gets
     # the wider window, and the delivery id catches a replay inside it.
     if sent is not None and abs(now - sent) > settings.payload_max_age:
@@ -291,7 +306,7 @@ def _receive(spec: WebhookSpec, instance: str) -> Response:
         source=source,
         instance=instance,
         body=body,
-        headers=_kept_headers(request_.environ),
+        headers=_kept_headers(request_.environ, receiver.kept_headers),
         received_at=now,
         delivery_id=delivery_id,
         event_type=event_type[:255] if event_type else None,
@@ -299,6 +314,7 @@ def _receive(spec: WebhookSpec, instance: str) -> Response:
         error=error,
         # An earlier copy of this body was accepted no earlier than its own timestamp allowed.
         body_seen_since=sent - settings.payload_max_age if sent is not None else None,
+        body_sha256=_dedupe_key(body, signed),
     )
     outcome = receiver.committer.accept(delivery)
     context = {
@@ -320,6 +336,27 @@ def _receive(spec: WebhookSpec, instance: str) -> Response:
         return _status(202, status="ignored", reason=error, id=outcome.id)
     log.info("webhook.accepted", extra={**context, "inbox_id": outcome.id})
     return _status(202, status="accepted", id=outcome.id)
+
+
+def _read_body(request_: Any, limit: int) -> bytes:
+    """The raw body, refused with 413 past ``limit`` bytes, whether it has a length or comes in chunks."""
+    environ = request_.environ
+    if request_.content_length is None and environ.get("wsgi.input_terminated"):
+        # A chunked body: werkzeug's reader stops at the limit and hands back a cut body, which
+        # then fails its signature check (401) instead of being refused as too large.
+        body = environ["wsgi.input"].read(limit + 1)
+    else:
+        body = request_.get_data(cache=False)
+    if len(body) > limit:
+        raise Rejected("body_too_large", "the body is larger than the limit", status=413)
+    return body
+
+
+def _dedupe_key(body: bytes, signed: datetime | None) -> str:
+    """The same-body key: a hash of what the signature covers (see the module's docstring)."""
+    if signed is None:
+        return hashlib.sha256(body).hexdigest()
+    return hashlib.sha256(signed.isoformat().encode() + b"\n" + body).hexdigest()
 
 
 def _status(code: int, **fields: Any) -> Response:

@@ -2,8 +2,11 @@
 
 Settings for a 2-core host: 2 worker processes (one per core; each commits its own requests in
 batches, and SQLite serialises the commits anyway) with 16 threads each (requests spend most of
-their time waiting for the group commit, not on the CPU), gthread workers so a slow client holds a
-thread and not a process, a 30 s timeout, 5 s keep-alive for senders that reuse connections.
+their time waiting for the group commit, not on the CPU), a 30 s timeout, 5 s keep-alive for
+senders that reuse connections. The workers are gthread workers with a front
+(:class:`~escalier.webhooks._front.BufferingWorker`): each worker's event loop reads a request
+whole, within a deadline (10 s by default), before a thread takes it, so a slow client holds
+neither a thread nor a process, and the errors gunicorn answers itself are JSON.
 Each worker listens on a socket of its own (``SO_REUSEPORT``) and the kernel spreads new
 connections across them: on one shared socket, the worker that happened to be in ``accept``
 took most of a burst of keep-alive connections (29 of 32 in four of five counted runs), and kept
@@ -11,6 +14,8 @@ them while the other worker idled.
 The access log is built only when one is asked for (gunicorn would otherwise format every
 request's log fields because a logging config is given, and then drop them). Each worker freezes
 what it built at start-up out of the garbage collector's reach (:func:`freeze_startup_objects`).
+Gunicorn's control socket (``gunicornc``) is off: by default every instance of a user would
+share one path in ``$HOME/.gunicorn/``, and the receiver is managed by signals.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.util import parse_address
 
 from escalier.core.errors import EscalierError
+from escalier.webhooks._front import DEFAULT_REQUEST_DEADLINE
 from escalier.webhooks._logging import ReceiverLogger, logconfig
 from escalier.webhooks.settings import ReceiverSettings
 
@@ -62,13 +68,22 @@ def gunicorn_options(
     backlog: int = 2048,
     access_log: bool = False,
     log_level: str = "info",
+    request_deadline: float = DEFAULT_REQUEST_DEADLINE,
+    max_body_bytes: int = 1024 * 1024,
 ) -> dict[str, Any]:
-    """The gunicorn settings the receiver runs with (gthread workers, JSON logs)."""
+    """The gunicorn settings the receiver runs with (gthread workers with a front, JSON logs).
+
+    ``request_deadline`` is how long a client has to send a whole request; ``max_body_bytes``
+    the longest body the front reads (longer ones are answered 413 before they are read).
+    """
     return {
         "bind": bind,
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",
+        "worker_class": "escalier.webhooks._front.BufferingWorker",
+        # Read by the worker class, not by gunicorn (which skips names it does not know).
+        "escalier_request_deadline": request_deadline,
+        "escalier_max_body_bytes": max_body_bytes,
         "timeout": timeout,
         "graceful_timeout": timeout,
         "keepalive": keepalive,
@@ -84,6 +99,7 @@ def gunicorn_options(
         "logger_class": ReceiverLogger,
         "proc_name": "escalier-receiver",
         "post_worker_init": freeze_startup_objects,
+        "control_socket_disable": True,
     }
 
 
@@ -141,6 +157,7 @@ def run_receiver(
     keepalive: int = 5,
     access_log: bool = False,
     log_level: str = "info",
+    request_deadline: float = DEFAULT_REQUEST_DEADLINE,
     plugin_manager: pluggy.PluginManager | None = None,
 ) -> None:
     """Serve the receiver for ``settings`` under gunicorn until it is stopped.
@@ -158,5 +175,7 @@ def run_receiver(
         keepalive=keepalive,
         access_log=access_log,
         log_level=log_level,
+        request_deadline=request_deadline,
+        max_body_bytes=settings.max_body_bytes,
     )
     GunicornServer(lambda: create_app(settings, plugin_manager=plugin_manager), options).run()

@@ -12,9 +12,28 @@ from pydantic import BaseModel, ValidationError
 
 from escalier.core.errors import ConfigError, ConfigProblem
 
-__all__ = ["DEFAULT_MARKER", "ReceiverSettings"]
+__all__ = ["DEFAULT_KEPT_HEADERS", "DEFAULT_MARKER", "ReceiverSettings"]
 
 DEFAULT_MARKER = "[escalier]"
+# The headers a delivery keeps in the inbox: what a connector reads later (delivery ids, the
+# signed timestamp, the sender's account and webhook) and what helps to trace a request. Any
+# other header is dropped, whatever it is called: an allow-list, because senders and proxies
+# add credentials under names no list of forbidden words foresees (X-Credentials, X-Auth-Key).
+DEFAULT_KEPT_HEADERS = frozenset(
+    {
+        "content-type",
+        "user-agent",
+        "x-request-id",
+        "x-atlassian-webhook-identifier",
+        "x-atlassian-webhook-retry",
+        "x-atlassian-webhook-flow",
+        "x-zendesk-account-id",
+        "x-zendesk-webhook-id",
+        "x-zendesk-webhook-invocation-id",
+        "x-zendesk-webhook-signature-timestamp",
+        "x-escalier-delivery",
+    }
+)
 Key = tuple[str, str]
 
 
@@ -36,6 +55,7 @@ class ReceiverSettings:
     user id), whose changes are stored as ignored so Escalier never reacts to itself.
     ``replay_tolerance`` bounds a signed timestamp (Zendesk's); ``payload_max_age`` bounds the
     unsigned time a payload claims (Jira's, which retries for about 30 minutes).
+    ``kept_headers`` names (case-insensitively) the only request headers stored with a delivery.
     """
 
     store_url: str
@@ -49,6 +69,7 @@ class ReceiverSettings:
     # own timestamp is accepted, so this window is never shorter than payload_max_age.
     dedupe_window: timedelta = timedelta(minutes=60)
     max_batch: int = 256
+    kept_headers: frozenset[str] = DEFAULT_KEPT_HEADERS
     create_schema: bool = False
     clock: Callable[[], datetime] = field(default=_utcnow, repr=False, compare=False)
 
@@ -58,6 +79,7 @@ class ReceiverSettings:
                 "dedupe_window must be at least payload_max_age, or a replayed Jira body "
                 "would be accepted again after the window"
             )
+        object.__setattr__(self, "kept_headers", frozenset(h.lower() for h in self.kept_headers))
         object.__setattr__(self, "secrets", _frozen(self.secrets))
         object.__setattr__(self, "identities", _frozen(self.identities))
 

@@ -1,33 +1,43 @@
-"""Ingest benchmark: a bare Flask app against Escalier's signed, stored Zendesk endpoint.
+"""Ingest benchmark: Escalier's signed, stored Zendesk endpoint against the durable receiver a user
+would write by hand (bench/ingest/naive.py) and a bare Flask app.
 
-Run ``python bench/ingest/run.py``. Both apps run under exactly the receiver's gunicorn settings
+Run ``python bench/ingest/run.py``. The three run under exactly the receiver's gunicorn settings
 (``gunicorn_options()``'s defaults; ``ESCALIER_BENCH_WORKERS``/``ESCALIER_BENCH_THREADS`` change
-them for both); wrk replays a pool of pre-signed requests with unique delivery ids and bodies
-(bench/ingest/pool.lua). The two alternate for ``ESCALIER_BENCH_ROUNDS`` rounds (3, each server
-freshly started) and the round with the median ratio is reported beside all of them; then
-Escalier is measured again at about half its median maximum rate. The report gives both rates,
-their ratio, p50/p99 of every run, the half-load run's rate and p99, and
-checks that every measured Escalier request was a new row (a pool that wrapped would turn requests
-into cheap duplicates). Each run also says how much of the machine's CPU was idle and how much
-the hypervisor gave to other machines (steal), from /proc/stat, and what the server's processes
-spent per answered request: CPU time and context switches (voluntary + involuntary), from
-/proc/<pid>. Results are printed and written to bench/results/ingest-<time>.json.
+them for all); wrk replays a pool of pre-signed requests with unique delivery ids and bodies
+(bench/ingest/pool.lua). Each of ``ESCALIER_BENCH_ROUNDS`` rounds (3) starts each server afresh
+and measures it at full load, in an order that rotates (and reverses) from round to round; the report gives
+every round, Escalier's ratio to the naive receiver and to the bare app per round, and their
+medians. Then Escalier is measured at about half its median maximum rate, alternately without and
+with ``ESCALIER_BENCH_SLOW`` (200) slow clients connected, each sending a request head a byte a
+second and connecting again whenever it is cut off. ``ESCALIER_BENCH_BASELINE=PATH`` adds an
+older tree of the project (laid out as installed: PATH/escalier/...) to every round, as
+"baseline", for a before/after comparison in the same run.
+
+Every measured request of a storing server must be a new committed row (a pool that wrapped
+would turn requests into cheap duplicates); the report checks it. Each run also says how much of
+the machine's CPU was idle and how much the hypervisor gave to other machines (steal), from
+/proc/stat, and what the server's processes spent per answered request: CPU time and context
+switches (voluntary + involuntary), from /proc/<pid>. Results are printed and written to
+bench/results/ingest-<time>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from datetime import datetime, timezone
@@ -36,13 +46,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "results"
 SECRET = "bench-signing-secret"
-DURATION = 10
+DURATION = int(os.environ.get("ESCALIER_BENCH_DURATION", "10"))
 # The speed of this kind of machine drifts from minute to minute: the apps alternate, the median counts.
 ROUNDS = int(os.environ.get("ESCALIER_BENCH_ROUNDS", "3"))
 
 WRK_THREADS = 2
 CONNECTIONS = int(os.environ.get("ESCALIER_BENCH_CONNECTIONS", "32"))
 HALF_CONNECTIONS = 16
+SLOW_CLIENTS = int(os.environ.get("ESCALIER_BENCH_SLOW", "200"))
+BASELINE = os.environ.get("ESCALIER_BENCH_BASELINE")
+# Lines of signed requests per measured run of a storing server: more than it can answer in one run.
+POOL = int(os.environ.get("ESCALIER_BENCH_POOL", str(6000 * DURATION)))
+STORING = ("naive", "escalier", "baseline")
 
 
 def server_options(port: int) -> dict:
@@ -78,6 +93,11 @@ def serve(kind: str, port: int, store_url: str | None) -> None:
                 return "", 204
 
             return app
+    elif kind == "naive":
+        import naive
+
+        def factory() -> Flask:
+            return naive.create_app(store_url, SECRET)
     else:
         settings = ReceiverSettings(store_url=store_url, secrets={("zendesk", "default"): (SECRET,)})
 
@@ -116,10 +136,15 @@ def write_pool(path: Path, size: int, prefix: str) -> None:
 
 def start(kind: str, port: int, store_url: str | None) -> subprocess.Popen:
     """Start a server and wait until it answers."""
+    env = dict(os.environ)
+    if kind == "baseline":
+        # The older tree comes first on the path, ahead of the installed project.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [BASELINE, env.get("PYTHONPATH")]))
+        kind = "escalier"
     command = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
     if store_url:
         command += ["--store", store_url]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
         try:
@@ -170,13 +195,13 @@ def wrk(port: int, pool: Path, *, connections: int, duration: int, delay_ms: flo
     }
 
 
-def stored_rows(db: Path, prefix: str) -> int:
-    """How many inbox rows came from the pool with ``prefix``."""
+def stored_rows(db: Path, prefix: str, table: str = "inbox") -> int:
+    """How many rows of ``table`` came from the pool with ``prefix``."""
     import sqlite3
 
     with sqlite3.connect(db) as conn:
         return conn.execute(
-            "SELECT count(*) FROM inbox WHERE delivery_id LIKE ?", (f"{prefix}-%",)
+            f"SELECT count(*) FROM {table} WHERE delivery_id LIKE ?", (f"{prefix}-%",)
         ).fetchone()[0]
 
 
@@ -267,33 +292,96 @@ def per_request(before: dict | None, after: dict | None, requests: int) -> dict:
     }
 
 
+class SlowClients:
+    """``count`` connections that each send a request head a byte a second, and connect again
+    whenever the server cuts them off; while open, they are what an attacker would hold."""
+
+    HEAD = b"POST /webhooks/zendesk HTTP/1.1\r\nHost: bench\r\nX-Slow: "
+
+    def __init__(self, port: int, count: int) -> None:
+        self.port = port
+        self.count = count
+        self.cut_off = 0
+        self._stop = threading.Event()
+        self._clients: list[tuple[socket.socket, int]] = []
+        self._thread = threading.Thread(target=self._drip, daemon=True)
+
+    def _connect(self) -> tuple[socket.socket, int]:
+        client = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        client.setblocking(False)
+        return client, 0
+
+    def __enter__(self) -> SlowClients:
+        self._clients = [self._connect() for _ in range(self.count)]
+        self._thread.start()
+        time.sleep(1.5)  # every one has sent something, and the server has read it
+        return self
+
+    def _drip(self) -> None:
+        while not self._stop.is_set():
+            for n, (client, sent) in enumerate(self._clients):
+                byte = self.HEAD[sent:sent + 1] or b"a"
+                try:
+                    client.send(byte)
+                    self._clients[n] = (client, sent + 1)
+                except OSError:
+                    client.close()
+                    self.cut_off += 1
+                    try:
+                        self._clients[n] = self._connect()
+                    except OSError:
+                        pass
+            self._stop.wait(1.0)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for client, _ in self._clients:
+            client.close()
+
+
 def measured(kind: str, port: int, store_url: str | None, warm: Path, pool: Path, *,
-             connections: int = CONNECTIONS, delay_ms: float = 0) -> dict:
-    """Start one server, warm it up for 2 s, measure it over ``pool``, and stop it."""
+             connections: int = CONNECTIONS, delay_ms: float = 0, slow: int = 0) -> dict:
+    """Start one server, warm it up for 2 s, measure it over ``pool`` (with ``slow`` slow
+    clients connected, if any), and stop it."""
     server = start(kind, port, store_url)
     try:
         wrk(port, warm, connections=CONNECTIONS, duration=2)
-        before, used = cpu_ticks(), process_usage(server.pid)
-        run = wrk(port, pool, connections=connections, duration=DURATION, delay_ms=delay_ms)
-        run["cpu"] = cpu_share(before, cpu_ticks())
-        # The server's own cost of a request: CPU time, and how often its threads were switched
-        # out (waiting for the GIL, a lock, the disk), voluntarily or not.
-        run["server_per_request"] = per_request(used, process_usage(server.pid), run["requests"])
+        with SlowClients(port, slow) if slow else contextlib.nullcontext() as slow_clients:
+            before, used = cpu_ticks(), process_usage(server.pid)
+            run = wrk(port, pool, connections=connections, duration=DURATION, delay_ms=delay_ms)
+            run["cpu"] = cpu_share(before, cpu_ticks())
+            # The server's own cost of a request: CPU time, and how often its threads were switched
+            # out (waiting for the GIL, a lock, the disk), voluntarily or not.
+            run["server_per_request"] = per_request(used, process_usage(server.pid), run["requests"])
+        if slow:
+            run["slow_clients"] = slow
+            run["slow_clients_cut_off"] = slow_clients.cut_off
         return run
     finally:
         stop(server)
 
 
-def measure_pair(round_: int, work: Path, url: str, warm: Path) -> tuple[dict, dict]:
-    """One round: the bare app, then Escalier, each freshly started, at full load."""
-    bare_run = measured("bare", 18081, None, warm, warm)
-    prefix = f"full{round_}"
-    pool = work / f"{prefix}.pool"
-    write_pool(pool, int(bare_run["rate"] * DURATION * 1.2) + 2000, prefix)
-    full = measured("escalier", 18082, url, warm, pool)
-    full["stored_rows"] = stored_rows(work / "escalier.db", prefix)
-    full["ratio"] = round(full["rate"] / bare_run["rate"], 3)
-    return bare_run, full
+def measure_round(round_: int, kinds: list[str], work: Path, warm: Path) -> dict[str, dict]:
+    """One round: each server of ``kinds``, freshly started, at full load, in that order."""
+    runs = {}
+    for kind in kinds:
+        if kind == "bare":
+            runs[kind] = measured("bare", 18081, None, warm, warm)
+            continue
+        prefix = f"{kind}{round_}"
+        pool = work / f"{prefix}.pool"
+        write_pool(pool, POOL, prefix)
+        db = work / ("naive.db" if kind == "naive" else "escalier.db")
+        run = measured(kind, 18082, f"{db}" if kind == "naive" else f"sqlite:///{db}", warm, pool)
+        run["stored_rows"] = stored_rows(db, prefix, "deliveries" if kind == "naive" else "inbox")
+        runs[kind] = run
+        pool.unlink()
+    return runs
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
 
 
 def main() -> int:
@@ -305,45 +393,77 @@ def main() -> int:
         return 2
     from escalier.store.database import create_store_engine, ensure_schema
 
+    sys.path.insert(0, str(HERE))
+    import naive
+
     work = Path(tempfile.mkdtemp(prefix="escalier-bench-"))
     db = work / "escalier.db"
     url = f"sqlite:///{db}"
     engine = create_store_engine(url)
     ensure_schema(engine)
     engine.dispose()
+    naive.create_schema(str(work / "naive.db"))
     options = server_options(0)  # only for the report
-    pairs: list[tuple[dict, dict]] = []
+    kinds = ["bare", "naive", "escalier"] + (["baseline"] if BASELINE else [])
+    rounds: list[dict[str, dict]] = []
+    slow_runs: list[dict] = []
+    baseline_runs: list[dict] = []
     try:
         warm = work / "warm.pool"
         write_pool(warm, 2000, "warm")
         for round_ in range(ROUNDS):
-            bare_run, full = measure_pair(round_, work, url, warm)
-            pairs.append((bare_run, full))
-            print(f"round {round_ + 1}/{ROUNDS}: bare {bare_run['rate']:.0f} req/s, Escalier "
-                  f"{full['rate']:.0f} req/s ({full['ratio']:.0%})", file=sys.stderr, flush=True)
-        # The round with the median ratio stands for all of them; every round is in the report.
-        bare_run, full = sorted(pairs, key=lambda pair: pair[1]["ratio"])[len(pairs) // 2]
-        target = statistics.median(run["rate"] for _, run in pairs) / 2
+            # Rotated, and reversed every other round, so that no server always follows another.
+            order = kinds[round_ % len(kinds):] + kinds[:round_ % len(kinds)]
+            order = order[::-1] if round_ % 2 else order
+            runs = measure_round(round_, order, work, warm)
+            for kind in kinds[1:]:
+                runs[kind]["ratio_to_bare"] = round(runs[kind]["rate"] / runs["bare"]["rate"], 3)
+                runs[kind]["ratio_to_naive"] = round(runs[kind]["rate"] / runs["naive"]["rate"], 3)
+            rounds.append(runs)
+            print(f"round {round_ + 1}/{ROUNDS} ({', '.join(order)}): "
+                  + ", ".join(f"{kind} {runs[kind]['rate']:.0f} req/s" for kind in kinds)
+                  + f"; Escalier / naive {runs['escalier']['ratio_to_naive']:.2f}",
+                  file=sys.stderr, flush=True)
+        target = statistics.median(r["escalier"]["rate"] for r in rounds) / 2
+        median_p50 = statistics.median(r["escalier"]["p50_ms"] for r in rounds)
         # wrk's delay() paces each connection; subtract part of the service time so the paced
         # rate lands near the target rather than below it.
-        delay = max(0.0, HALF_CONNECTIONS / target * 1000 - full["p50_ms"] / 4)
-        half_pool = work / "half.pool"
-        write_pool(half_pool, int(target * DURATION * 1.5) + 2000, "half")
-        half = measured("escalier", 18082, url, warm, half_pool, connections=HALF_CONNECTIONS,
-                        delay_ms=delay)
-        half["stored_rows"] = stored_rows(db, "half")
+        delay = max(0.0, HALF_CONNECTIONS / target * 1000 - median_p50 / 4)
+        # Without and with slow clients, alternately (none, slow, slow, none); the baseline once each.
+        plan = [("escalier", slow) for slow in ([0, SLOW_CLIENTS, SLOW_CLIENTS, 0] if SLOW_CLIENTS else [0])]
+        if BASELINE and SLOW_CLIENTS:
+            plan += [("baseline", 0), ("baseline", SLOW_CLIENTS)]
+        for n, (kind, slow) in enumerate(plan):
+            prefix = f"half{n}"
+            pool = work / f"{prefix}.pool"
+            write_pool(pool, int(target * DURATION * 1.5) + 2000, prefix)
+            run = measured(kind, 18082, url, warm, pool, connections=HALF_CONNECTIONS,
+                           delay_ms=delay, slow=slow)
+            run["stored_rows"] = stored_rows(db, prefix)
+            run["target_rate"] = round(target, 1)
+            run["kind"] = kind
+            (slow_runs if kind == "escalier" else baseline_runs).append(run)
+            print(f"half load, {kind}, {slow} slow clients: {run['rate']:.0f} req/s, "
+                  f"p99 {run['p99_ms']} ms, {run['socket_errors']} errors", file=sys.stderr, flush=True)
         stored = durability(url)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    half["target_rate"] = round(target, 1)
-    half["fraction_of_max"] = round(half["rate"] / full["rate"], 3)
-    ratio = full["ratio"]
-    # Every 2xx of a measured run must be a new, committed row: no wrapped pool (duplicates are
-    # cheap) and at least as many rows as answered requests.
+    def ratios(kind: str, to: str) -> list[float]:
+        return [r[kind][f"ratio_to_{to}"] for r in rounds]
+
+    quiet = [run for run in slow_runs if not run.get("slow_clients")]
+    loud = [run for run in slow_runs if run.get("slow_clients")]
+    half_p99 = _median([run["p99_ms"] for run in quiet])
+    slow_p99 = _median([run["p99_ms"] for run in loud]) if loud else None
+    full_p99 = {kind: _median([r[kind]["p99_ms"] for r in rounds]) for kind in kinds}
+    ratio_naive = _median(ratios("escalier", "naive"))
+    # Every 2xx of a measured run of a storing server must be a new, committed row: no wrapped
+    # pool (duplicates are cheap) and at least as many rows as answered requests.
+    measured_runs = [r[kind] for r in rounds for kind in kinds if kind in STORING] + slow_runs
     honest = all(
         run["pool_wrapped"] == 0 and run["non_2xx"] == 0 and run["stored_rows"] >= run["requests"]
-        for run in [half, *(esc_run for _, esc_run in pairs)]
+        for run in measured_runs
     )
     report = {
         "at": datetime.now(timezone.utc).isoformat(),
@@ -353,35 +473,56 @@ def main() -> int:
         "wrk": {"threads": WRK_THREADS, "connections": CONNECTIONS,
                 "half_load_connections": HALF_CONNECTIONS, "duration_s": DURATION},
         "store": stored,
-        "rounds": [{"bare": b, "escalier_full": e} for b, e in pairs],
-        "bare": bare_run,
-        "escalier_full": full,
-        "escalier_half": half,
-        "ratio": ratio,
-        "ratios": [e["ratio"] for _, e in pairs],
+        "baseline": BASELINE,
+        "rounds": rounds,
+        "half_load": slow_runs,
+        "half_load_baseline": baseline_runs,
+        "ratios_to_naive": {kind: ratios(kind, "naive") for kind in kinds[2:]},
+        "ratios_to_bare": {kind: ratios(kind, "bare") for kind in kinds[1:]},
+        "median_ratio_to_naive": ratio_naive,
+        "median_ratio_to_bare": _median(ratios("escalier", "bare")),
+        "median_full_load_p99_ms": full_p99,
+        "half_load_p99_ms": half_p99,
+        "half_load_p99_ms_with_slow_clients": slow_p99,
         "every_measured_request_stored": honest,
-        "targets": {"ratio_at_least": 0.5, "ratio_aim": 0.6, "half_load_p99_ms_below": 20},
-        "met": {"ratio": ratio >= 0.5, "half_load_p99": half["p99_ms"] < 20},
+        "targets": {"ratio_to_naive_at_least": 1.4, "ratio_to_naive_stretch": 1.75,
+                    "full_load_p99_below_naive_over": 10, "half_load_p99_ms_at_most": 20,
+                    "slow_clients_p99_at_most_times": 2},
+        "met": {
+            "ratio_to_naive": ratio_naive >= 1.4,
+            "full_load_p99": full_p99["escalier"] < full_p99["naive"] / 10,
+            "half_load_p99": half_p99 <= 20,
+            "slow_clients": slow_p99 is not None and slow_p99 <= 2 * half_p99,
+        },
     }
     print(f"gunicorn {report['gunicorn']}, store {stored}, 1-min load average "
           f"{report['load_average_1m']} on {report['host_cpus']} CPUs")
-    print(f"{'run':<30}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'rows':>9}"
-          f"{'idle %':>8}{'steal %':>9}{'CPU us/req':>12}{'switches/req':>14}")
-    lines = []
-    for n, (b, e) in enumerate(pairs, 1):
-        lines += [(f"round {n}: bare Flask (204)", b), (f"round {n}: Escalier zendesk", e)]
-    lines.append(("Escalier zendesk, ~half", half))
+    print(f"{'run':<34}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>8}{'errors':>7}{'rows':>8}"
+          f"{'idle %':>8}{'steal %':>8}{'CPU us/req':>11}{'switches/req':>13}")
+    names = {"bare": "bare Flask (204)", "naive": "naive durable", "escalier": "Escalier zendesk",
+             "baseline": "baseline Escalier"}
+    lines = [(f"round {n}: {names[kind]}", r[kind]) for n, r in enumerate(rounds, 1) for kind in kinds]
+    lines += [(f"{names[run['kind']]} ~half, {run.get('slow_clients', 0)} slow", run)
+              for run in slow_runs + baseline_runs]
     for name, run in lines:
         server = run["server_per_request"]
         switches = (f"{server['voluntary_switches']:.1f}+{server['involuntary_switches']:.1f}"
                     if server else "-")
-        print(f"{name:<30}{run['rate']:>10.0f}{run['p50_ms']:>9.2f}{run['p99_ms']:>9.2f}"
-              f"{run['non_2xx']:>9}{run.get('stored_rows', '-'):>9}"
-              f"{run['cpu'].get('idle_pct', '-'):>8}{run['cpu'].get('steal_pct', '-'):>9}"
-              f"{server.get('cpu_us', '-'):>12}{switches:>14}")
-    print(f"Escalier / bare, median of {ROUNDS} rounds: {ratio:.0%} (target >= 50%; rounds: "
-          f"{', '.join(f'{r:.0%}' for r in report['ratios'])}); half load: {half['rate']:.0f} req/s "
-          f"({half['fraction_of_max']:.0%} of max), p99 {half['p99_ms']} ms (target < 20 ms); "
+        print(f"{name:<34}{run['rate']:>9.0f}{run['p50_ms']:>9.2f}{run['p99_ms']:>9.2f}"
+              f"{run['non_2xx']:>8}{run['socket_errors']:>7}{run.get('stored_rows', '-'):>8}"
+              f"{run['cpu'].get('idle_pct', '-'):>8}{run['cpu'].get('steal_pct', '-'):>8}"
+              f"{server.get('cpu_us', '-'):>11}{switches:>13}")
+    for kind in kinds[2:]:
+        print(f"{names[kind]} / naive: rounds {', '.join(f'{r:.2f}' for r in ratios(kind, 'naive'))}; "
+              f"median {_median(ratios(kind, 'naive')):.2f} (target >= 1.4, stretch 1.75)")
+    for kind in kinds[1:]:
+        print(f"{names[kind]} / bare: rounds {', '.join(f'{r:.0%}' for r in ratios(kind, 'bare'))}; "
+              f"median {_median(ratios(kind, 'bare')):.0%} (information)")
+    print("full-load p99, median of rounds: " + ", ".join(f"{names[k]} {v} ms" for k, v in full_p99.items())
+          + " (Escalier's target: under a tenth of the naive receiver's)")
+    print(f"half load (~{target:.0f} req/s): p99 {half_p99} ms without slow clients (target <= 20 ms), "
+          f"{slow_p99} ms with {SLOW_CLIENTS} (target <= {2 * half_p99:.2f} ms); "
+          f"slow clients cut off: {sum(run.get('slow_clients_cut_off', 0) for run in loud)}; "
           f"every measured request stored: {honest}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"ingest-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.json"
@@ -392,7 +533,7 @@ def main() -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--serve", choices=["bare", "escalier"])
+    parser.add_argument("--serve", choices=["bare", "naive", "escalier"])
     parser.add_argument("--port", type=int, default=18081)
     parser.add_argument("--store")
     args = parser.parse_args()

@@ -265,3 +265,51 @@ def test_sqlite_stores_durably_and_checkpoints_in_small_steps(sqlite_engine):
         assert committer._conn.isolation_level is None and not committer._conn.in_transaction
     finally:
         committer.close()
+
+
+def test_text_no_database_can_encode_is_stored_and_fails_no_neighbour(engine, committer):
+    # JSON's "\ud800" escape parses to a lone surrogate, which has no UTF-8 form.
+    poison = Delivery(source="jira", instance="default", body=b'{"webhookEvent": "\\ud800"}',
+                      headers={"User-Agent": "x\udc80"}, received_at=NOW, delivery_id="poison",
+                      event_type="\ud800")
+    outcomes = accept_all(committer, [delivery(n) for n in range(6)] + [poison])
+    assert all(isinstance(o, Stored) and o.status == "stored" for o in outcomes)
+    [row] = [row for row in stored_rows(engine) if row.delivery_id == "poison"]
+    assert (row.event_type, row.headers, bytes(row.body)) == (
+        "\\ud800", {"User-Agent": "x\\udc80"}, b'{"webhookEvent": "\\ud800"}'
+    )
+
+
+def test_any_failure_of_one_row_fails_that_row_alone(sqlite_engine):
+    committer = GroupCommitter(sqlite_engine, dedupe_window=WINDOW)
+    # Not a time: binding it raises TypeError, not a database error.
+    bad = Delivery(source="zendesk", instance="default", body=b"{}", headers={},
+                   received_at="yesterday", delivery_id="bad")  # type: ignore[arg-type]
+    wanted = [delivery(n) for n in range(5)] + [bad] + [delivery(n) for n in range(5, 9)]
+    lock = open(f"{sqlite_engine.url.database}.writer-lock", "a+b")  # noqa: SIM115 - closed below
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        outcomes: list = [None] * len(wanted)
+
+        def send(n: int) -> None:
+            try:
+                outcomes[n] = committer.accept(wanted[n])
+            except StoreError as exc:
+                outcomes[n] = exc
+
+        threads = [threading.Thread(target=send, args=(n,)) for n in range(len(wanted))]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(committer._queue) < len(wanted) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(committer._queue) == len(wanted)  # one batch, all of them
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+    for thread in threads:
+        thread.join(10)
+    committer.close()
+    assert isinstance(outcomes[5], StoreError) and "TypeError" in str(outcomes[5])
+    assert [o.status for n, o in enumerate(outcomes) if n != 5] == ["stored"] * 9
+    assert len(stored_rows(sqlite_engine)) == 9
