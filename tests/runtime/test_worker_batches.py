@@ -248,3 +248,20 @@ def test_a_failing_look_is_tried_again_soon_and_keeps_its_cursor(
         row = connection.execute(select(sync_cursors)).one()
     assert row.cursor is None and "503" in row.last_error
     assert row.due_at.replace(tzinfo=None) == (clock.now() + timedelta(minutes=1)).replace(tzinfo=None)
+
+
+def test_one_delivery_can_be_followed_through_the_worker_log_by_its_fields(
+    store: Store, make_worker: Callable[..., Worker], clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    open_tickets(store, clock, 1)
+    caplog.set_level("INFO", logger="escalier.runtime.worker")
+    worker = make_worker()
+    worker.process_inbox()
+    worker.process_outbox()
+
+    [decided] = [r for r in caplog.records if r.msg == "runtime.event.decided"]
+    assert (decided.source, decided.instance, decided.delivery_id, decided.ticket_id) == (
+        "testdesk", "default", "created-0", "T-0")
+    assert decided.inbox_id and decided.event_id == "created-0" and decided.actions >= 3
+    applied = [r for r in caplog.records if r.msg == "runtime.action.applied"]
+    assert applied and {(r.system, r.instance, r.ticket_id) for r in applied} == {("testdesk", "default", "T-0")}
