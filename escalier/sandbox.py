@@ -30,6 +30,7 @@ _EPILOG = """\
 examples:
   escalier sandbox jira
   escalier sandbox jira --port 8091 --deployment datacenter
+  escalier sandbox zendesk --webhook-mode trigger
   escalier sandbox jira --webhook-url http://127.0.0.1:8080/webhooks/jira --webhook-secret s3cret
   curl -s localhost:8091/_sandbox/calls
   curl -s -X POST localhost:8091/_sandbox/faults -d '{"status": 429, "count": 2, "retry_after": 3}'
@@ -38,7 +39,7 @@ examples:
 exit status: 0 stopped cleanly, 2 unknown sandbox or an option it does not take."""
 
 # Options that only some flavours take, by the constructor keyword they map to.
-_FLAVOUR_OPTIONS = {"deployment": "--deployment"}
+_FLAVOUR_OPTIONS = {"deployment": "--deployment", "webhook_mode": "--webhook-mode"}
 
 
 def add_sandbox_command(commands: argparse._SubParsersAction) -> None:
@@ -63,6 +64,12 @@ def add_sandbox_command(commands: argparse._SubParsersAction) -> None:
         "--deployment",
         choices=("cloud", "datacenter"),
         help="Jira only: which flavour to imitate (default cloud)",
+    )
+    parser.add_argument(
+        "--webhook-mode",
+        choices=("events", "trigger", "both"),
+        help="Zendesk only: send event-subscription webhooks, the recommended trigger body, or "
+        "both (default events)",
     )
     parser.set_defaults(handler=_sandbox)
 

@@ -110,8 +110,13 @@ def event_type(headers: Mapping[str, str], payload: Any) -> str | None:
 
 
 def handles(event: str | None) -> bool:
-    """True for ticket events and trigger webhooks."""
-    return event in HANDLED_EVENTS
+    """True for ticket events (any ``zen:event-type:ticket.*``, new kinds too) and trigger webhooks.
+
+    The parser says which of them carry nothing to act on; the receiver keeps them all.
+    """
+    return event in HANDLED_EVENTS or (
+        isinstance(event, str) and event.startswith(f"{EVENT_PREFIX}ticket.")
+    )
 
 
 def is_own_change(payload: Any, identity: OwnIdentity) -> bool:
@@ -128,8 +133,12 @@ def is_own_change(payload: Any, identity: OwnIdentity) -> bool:
         return identity.is_marked(comment.get("body"))
     current_user = payload.get("current_user")
     nested = current_user.get("id") if isinstance(current_user, dict) else None
-    if identity.is_own_user(nested, *(payload.get(key) for key in _TRIGGER_ACTOR_KEYS)):
+    actors = [nested, *(payload.get(key) for key in _TRIGGER_ACTOR_KEYS)]
+    if identity.is_own_user(*actors):
         return True
+    if any(actor not in (None, "") for actor in actors):
+        # Someone else made this update: the latest comment may be ours from an earlier one.
+        return False
     return any(identity.is_marked(payload.get(key)) for key in _TRIGGER_COMMENT_KEYS)
 
 
