@@ -78,7 +78,8 @@ class ActionBatch:
 
     ``maybe_applied`` holds the keys of actions an earlier attempt may have reached the upstream
     with (a timeout, a crash before the outbox recorded the outcome): the connector checks those
-    upstream before writing them again; the others it writes without a look.
+    upstream before writing them again; the others it writes without a look. ``ticket`` is the
+    ticket as the escalation last saw it (a mail thread's addresses and message ids, say).
     """
 
     system: str
@@ -86,6 +87,7 @@ class ActionBatch:
     ticket_id: str
     actions: tuple[Action, ...]
     maybe_applied: frozenset[str] = frozenset()
+    ticket: Ticket | None = None
 
 
 @dataclass(frozen=True, slots=True)

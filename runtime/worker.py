@@ -582,6 +582,7 @@ class Worker:
                 self._dead(item, 0, f"no connection configured for {batch.system}/{batch.instance}")
             return None, len(batch.items)
         pending = list(batch.items)
+        ticket = self.store.ticket_of(batch.escalation_id)
         # Keys an attempt may have written: an earlier pass's, or a failed call of this one.
         maybe = {item.action.key for item in pending if item.maybe_applied}
         attempts = 0
@@ -596,7 +597,7 @@ class Worker:
             try:
                 results = self._apply_actions(
                     ActionBatch(batch.system, batch.instance, batch.ticket_id, actions,
-                                frozenset(maybe & {a.key for a in actions})),
+                                frozenset(maybe & {a.key for a in actions}), ticket),
                     connection,
                 )
             except TransientError as exc:

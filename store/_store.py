@@ -17,6 +17,7 @@ bound as SQLAlchemy would bind them. Threads sharing a store take turns to write
 
 from __future__ import annotations
 
+import json
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -48,7 +49,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import aliased
 
 from escalier.core.errors import StoreError
-from escalier.core.model import Action, EscalationState, HistoryEntry
+from escalier.core.model import Action, EscalationState, HistoryEntry, Ticket
 from escalier.store.schema import (
     audit,
     dead_letters,
@@ -626,6 +627,16 @@ class Store:
         """The stored escalation of a ticket, or None."""
         with self.begin() as tx:
             return tx.load_escalation(system, instance, ticket_id)
+
+    def ticket_of(self, escalation_id: int) -> Ticket | None:
+        """The ticket an escalation last saw, read alone from its state; None if there is none."""
+        with self.engine.connect() as connection:
+            value = connection.execute(
+                select(escalations.c.state["ticket"]).where(escalations.c.id == escalation_id)
+            ).scalar()
+        if value is None:
+            return None
+        return Ticket.model_validate(json.loads(value) if isinstance(value, str) else value)
 
     # --- timers ---------------------------------------------------------------------------------
 

@@ -265,3 +265,38 @@ def test_one_delivery_can_be_followed_through_the_worker_log_by_its_fields(
     assert decided.inbox_id and decided.event_id == "created-0" and decided.actions >= 3
     applied = [r for r in caplog.records if r.msg == "runtime.action.applied"]
     assert applied and {(r.system, r.instance, r.ticket_id) for r in applied} == {("testdesk", "default", "T-0")}
+
+
+def test_a_batch_carries_the_ticket_as_the_escalation_last_saw_it(
+    store: Store, make_worker: Callable[..., Worker], desk: BatchingDesk, clock: FakeClock
+) -> None:
+    open_tickets(store, clock, 1, severity="high")
+    worker = make_worker()
+    worker.process_inbox()
+    worker.process_outbox()
+    [call] = desk.calls
+    assert call.ticket is not None and (call.ticket.id, call.ticket.severity) == ("T-0", "high")
+
+
+@pytest.mark.postgres
+def test_the_ticket_of_a_batch_reads_alike_on_postgresql(
+    postgres_url: str, policy: Policy, pm: pluggy.PluginManager, clock: FakeClock, upstream: Upstream,
+    desk: BatchingDesk,
+) -> None:
+    from escalier.core.engine import decide
+    from escalier.store import create_store_engine
+
+    engine = create_store_engine(postgres_url)
+    connection = TestDeskConnection(upstream.url)
+    try:
+        store = Store(engine)
+        open_tickets(store, clock, 1, severity="high")
+        worker = Worker(store, decide=decide, policy=policy, plugin_manager=pm, clock=clock.now,
+                        connections={("testdesk", "default"): connection}, worker_id="pg-worker")
+        worker.process_inbox()
+        worker.process_outbox()
+    finally:
+        connection.close()
+        engine.dispose()
+    [call] = desk.calls
+    assert call.ticket is not None and (call.ticket.id, call.ticket.severity) == ("T-0", "high")
