@@ -41,8 +41,9 @@ FAST_RETRIES = RetrySettings(attempts_per_pass=3, initial_wait=0.05, max_wait=0.
 class LocalDeployment:
     """Started sandboxes, a receiver on a free port of 127.0.0.1, a migrated store and a worker.
 
-    :param sandboxes: started sandboxes by connector name; each one's webhooks are pointed at
-        the receiver's ``/webhooks/<name>``.
+    :param sandboxes: started sandboxes by the receiver path they deliver to: ``jira`` for the
+        default site, ``jira/<instance>`` for another; each one's webhooks are pointed at the
+        receiver's ``/webhooks/<path>``.
     :param clock: with a fake clock (``now()`` and ``sleep()``), the receiver and the worker share
         the sandboxes' compressed time; the sandboxes must have been given the same clock.
     """

@@ -10,7 +10,7 @@ from pydantic import Field
 from escalier.connectors._config import ConnectorSettings, StrictModel, check_person
 from escalier.core.policy import SecretRef
 
-__all__ = ["JiraConfig", "JiraFields", "JiraSite", "JiraTarget", "check_target"]
+__all__ = ["JiraConfig", "JiraFields", "JiraPlace", "JiraSite", "JiraTarget", "check_target"]
 
 
 class JiraFields(StrictModel):
@@ -87,6 +87,12 @@ class JiraSite(ConnectorSettings):
     service_account: str | None = Field(
         default=None, description="Escalier's own accountId or username, to ignore its own changes"
     )
+    people: dict[str, str] = Field(
+        default_factory=dict,
+        description="this site's user ids (accountId on Cloud, username on Data Center) of people "
+        "whose id here differs from their people.<name>.jira",
+        examples=[{"mia": "mhoffmann", "priya": "praman"}],
+    )
 
 
 class JiraConfig(JiraSite):
@@ -95,21 +101,49 @@ class JiraConfig(JiraSite):
     instances: dict[str, JiraSite] = Field(default_factory=dict)
 
 
-class JiraTarget(StrictModel):
-    """Where a tier lives in Jira."""
+class JiraPlace(StrictModel):
+    """Where a tier lives on one Jira site."""
 
     assignee: str | None = Field(default=None, description="a person from people")
     component: str | None = None
     labels: list[str] = Field(default_factory=list)
 
 
+class JiraTarget(JiraPlace):
+    """Where a tier lives in Jira; ``instances`` says it differently for other sites."""
+
+    instances: dict[str, JiraPlace] = Field(
+        default_factory=dict,
+        description="per site under connectors.jira.instances: its assignee, component and labels "
+        "where they differ (what is not given comes from the target itself)",
+    )
+
+    def for_instance(self, instance: str) -> JiraPlace:
+        """The target on one site: its own values over the target's."""
+        own = self.instances.get(instance)
+        if own is None:
+            return self
+        return JiraPlace(**{**self.model_dump(exclude={"instances"}), **own.model_dump(exclude_unset=True)})
+
+
 def check_target(config: JiraConfig, target: JiraTarget, people: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Problems with a Jira target that the Jira config and people can tell."""
-    problems = check_person("assignee", target.assignee, people)
-    if target.component and config.components and target.component not in config.components:
-        problems.append(
-            ("component", f"'{target.component}' is not one of connectors.jira.components")
-        )
-    if not (target.assignee or target.component or target.labels):
+    problems = _check_place("", config, target, people)
+    if not (target.assignee or target.component or target.labels) and not target.instances:
         problems.append(("", "a Jira target needs an assignee, a component or labels"))
+    for instance, place in target.instances.items():
+        site = config.instances.get(instance)
+        if site is None:
+            known = ", ".join(sorted(config.instances)) or "none defined"
+            problems.append((f"instances.{instance}", f"is not a site under connectors.jira.instances "
+                                                      f"(known: {known})"))
+            continue
+        problems.extend(_check_place(f"instances.{instance}.", site, place, people))
+    return problems
+
+
+def _check_place(prefix: str, site: JiraSite, place: JiraPlace, people: Mapping[str, Any]) -> list[tuple[str, str]]:
+    problems = [(prefix + path, message) for path, message in check_person("assignee", place.assignee, people)]
+    if place.component and site.components and place.component not in site.components:
+        problems.append((f"{prefix}component", f"'{place.component}' is not one of the site's components"))
     return problems

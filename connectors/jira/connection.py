@@ -267,6 +267,14 @@ class JiraConnection:
         self._by_email = {
             p.email.casefold(): p for p in self._people.values() if getattr(p, "email", None)
         }
+        # The engine names watchers by their people.<name>.jira; on a site where they have
+        # another id (site.people), that id is translated back to the person.
+        self._ids = {
+            name: site.people.get(name) or getattr(p, "jira", None) for name, p in self._people.items()
+        }
+        self._by_default_id = {
+            p.jira: name for name, p in self._people.items() if getattr(p, "jira", None)
+        }
         self._clock = clock
         try:
             self._token = site.token.reveal(environ)
@@ -553,7 +561,7 @@ class JiraConnection:
             plan.edit("priority", "", "set", {"name": name}, key)
         elif action.kind is ActionKind.ASSIGN:
             try:
-                target = JiraTarget.model_validate(action.target or {})
+                target = JiraTarget.model_validate(action.target or {}).for_instance(self.instance)
             except ValidationError as exc:
                 problem = exc.errors()[0]["msg"]
                 raise RejectedError(
@@ -578,9 +586,12 @@ class JiraConnection:
         Data Center names users by username where Cloud wants an accountId. Who cannot be named
         is None, or with ``strict`` a :class:`RejectedError`.
         """
-        person = self._people.get(who) or self._by_email.get(who.casefold())
-        jira_id = getattr(person, "jira", None) if person is not None else None
-        if person is None and raw and "@" not in who:
+        name = who if who in self._people else self._by_default_id.get(who)
+        if name is None:
+            person = self._by_email.get(who.casefold())
+            name = next((n for n, p in self._people.items() if p is person), None)
+        jira_id = self._ids.get(name) if name is not None else None
+        if name is None and raw and "@" not in who:
             jira_id = who
         if not jira_id:
             if strict:
