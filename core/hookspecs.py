@@ -137,6 +137,22 @@ def apply_actions_for_connector(batch: ActionBatch, connection: Connection) -> l
 
 
 @hookspec(firstresult=True)
+def apply_sweep_for_connector(
+    batches: list[ActionBatch], connection: Connection
+) -> list[list[ActionResult]] | None:
+    """Apply many tickets' ready actions on one connection at once (a bulk update).
+
+    Fires in the worker when one pass finds at least ``sweep_at_least`` tickets with ready actions
+    on one connection (a breach sweep), before each would be applied alone; the call spends one
+    write token, and the writes the results report (``ActionResult.calls``) spend theirs. Returns
+    one list of results per batch, in order, each as :func:`apply_actions_for_connector` would;
+    a ticket the bulk update did not reach gets a :class:`~escalier.core.errors.TransientError`,
+    never a result taken for success. Raises a ``ConnectorError`` when nothing landed. Returns
+    None to let the worker apply the tickets one by one. Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
 def list_changes_for_connector(
     connection: Connection, cursor: str | None, now: datetime
 ) -> Changes | None:

@@ -197,6 +197,7 @@ class Worker:
         budget_wait: float = 2.0,
         settings: Mapping[tuple[str, str], Any] | None = None,
         reconcile: Mapping[tuple[str, str], timedelta] | None = None,
+        sweep_at_least: int = 10,
     ):
         self.store = store
         self.decide = decide
@@ -218,6 +219,8 @@ class Worker:
         self.reconcile = {account: every for account, every in (reconcile or {}).items()
                           if account in self.connections}
         self._reconcile_at: datetime | None = None  # None: look at once
+        # This many tickets ready on one connection in one pass are offered to its sweep hook.
+        self.sweep_at_least = sweep_at_least
         self._retrying = build_retrying(retry, sleep=sleep)
         self._allowance = budget_wait
         self._held: dict[Account, datetime] = {}
@@ -543,11 +546,24 @@ class Worker:
         self._allowance = self.budget_wait
         short: set[Account] = set()
         held: set[Account] = set()
+        sweeps = self._sweeps(batches)
         handled = 0
         for batch in batches:
             account = (batch.system, batch.instance)
             if account in held:
                 continue  # the hold gave it back already
+            if account in sweeps:
+                swept = sweeps[account]
+                if not swept:
+                    continue  # swept already, with the first of its batches
+                sweeps[account] = []
+                wait, settled = self.sweep(account, swept)
+                handled += settled
+                if wait is not None:
+                    handled -= settled
+                    held.add(account)
+                    self._hold(account, wait)
+                continue
             if self._turns is not None and account not in short:
                 self._turns.wait(_DECISIONS_FIRST)
             if account in short:
@@ -566,6 +582,75 @@ class Worker:
                 held.add(account)
                 self._hold(account, wait)
         return handled
+
+    def _sweeps(self, batches: list[ClaimedBatch]) -> dict[Account, list[ClaimedBatch]]:
+        """The accounts with enough ready tickets in this pass for a sweep, and their batches."""
+        if not batches or not self.pm.hook.apply_sweep_for_connector.get_hookimpls():
+            return {}
+        by_account: dict[Account, list[ClaimedBatch]] = {}
+        for batch in batches:
+            by_account.setdefault((batch.system, batch.instance), []).append(batch)
+        return {account: found for account, found in by_account.items()
+                if len(found) >= self.sweep_at_least and account in self.connections}
+
+    def sweep(self, account: Account, batches: list[ClaimedBatch]) -> tuple[float | None, int]:
+        """Apply many tickets' actions in one call of the sweep hook; one by one where it declines.
+
+        No retry within the pass: what did not land goes back to the outbox with its backoff and
+        is looked up upstream before it is written again.
+
+        :returns: as :meth:`apply`.
+        """
+        items = [item for batch in batches for item in batch.items]
+        connection = self.connections[account]
+        try:
+            self._spend_budget(account)
+        except _OverBudget as over:
+            self.store.release_actions(self.worker_id, [item.id for item in items])
+            return over.wait, len(items)
+        offered = [
+            ActionBatch(batch.system, batch.instance, batch.ticket_id,
+                        tuple(item.action for item in batch.items),
+                        frozenset(item.action.key for item in batch.items if item.maybe_applied),
+                        self.store.ticket_of(batch.escalation_id))
+            for batch in batches
+        ]
+        try:
+            answered = self.pm.hook.apply_sweep_for_connector(batches=offered, connection=connection)
+        except TransientError as exc:
+            if exc.status == 429:
+                self.rate_limiter.pause(*account, exc.retry_after)
+            for item in items:
+                self._requeue(item, 1, exc)
+            return None, len(items)
+        except (ConnectorError, PluginError) as exc:
+            for item in items:
+                self._dead(item, 1, f"{type(exc).__name__}: {exc}")
+            return None, len(items)
+        if answered is None:
+            handled = 0
+            for batch in batches:
+                wait, settled = self.apply(batch)
+                handled += settled
+                if wait is not None:
+                    return wait, handled
+            return None, handled
+        if [len(results) for results in answered] != [len(batch.items) for batch in batches]:
+            raise PluginError(f"the {account[0]} connector's sweep answered the wrong number of results")
+        every = [result for results in answered for result in results]
+        for item, result in zip(items, every, strict=True):
+            if result.error is None:
+                self._done(item, 1, result)
+            elif isinstance(result.error, TransientError):
+                self._requeue(item, 1, result.error)
+            else:
+                self._dead(item, 1, f"{type(result.error).__name__}: {result.error}")
+        self.rate_limiter.charge(*account, sum(r.calls for r in every) - 1)
+        self.rate_limiter.observe(*account, next(
+            (r.rate_limit for r in reversed(every) if r.rate_limit is not None), None))
+        log.info("runtime.sweep.applied", extra={"system": account[0], "instance": account[1],
+                                                 "tickets": len(batches), "actions": len(items)})
+        return None, len(items)
 
     def apply(self, batch: ClaimedBatch) -> tuple[float | None, int]:
         """Apply one ticket's claimed actions under the retry policy; then done, later, or dead letters.

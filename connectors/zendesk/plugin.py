@@ -29,6 +29,7 @@ from escalier.core.policy import Person
 __all__ = [
     "apply_action_for_connector",
     "apply_actions_for_connector",
+    "apply_sweep_for_connector",
     "connect",
     "list_changes_for_connector",
     "parse_event_for_connector",
@@ -95,6 +96,16 @@ def apply_actions_for_connector(batch: ActionBatch, connection: Any) -> list[Act
     if not isinstance(connection, ZendeskConnection):
         return None
     return connection.apply_batch(batch)
+
+
+@hookimpl(trylast=True)
+def apply_sweep_for_connector(
+    batches: list[ActionBatch], connection: Any
+) -> list[list[ActionResult]] | None:
+    """Apply many tickets' ready actions with bulk updates (up to 100 tickets a job)."""
+    if not isinstance(connection, ZendeskConnection):
+        return None
+    return connection.apply_many(batches)
 
 
 @hookimpl(trylast=True)

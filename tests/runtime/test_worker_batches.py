@@ -300,3 +300,66 @@ def test_the_ticket_of_a_batch_reads_alike_on_postgresql(
         engine.dispose()
     [call] = desk.calls
     assert call.ticket is not None and (call.ticket.id, call.ticket.severity) == ("T-0", "high")
+
+
+@dataclass
+class SweepingDesk:
+    """A bulk update for the testdesk: many tickets in one call; some may not be reached."""
+
+    desk: BatchingDesk
+    calls: list[list[ActionBatch]] = field(default_factory=list)
+    unreached: set[str] = field(default_factory=set)  # tickets the first sweep's job stops before
+    decline: bool = False
+
+    @hookimpl
+    def apply_sweep_for_connector(self, batches: list[ActionBatch], connection: TestDeskConnection):
+        if self.decline:
+            return None
+        self.calls.append(batches)
+        answered = []
+        for batch in batches:
+            if len(self.calls) == 1 and batch.ticket_id in self.unreached:
+                stopped = TransientError("the job stopped before this ticket", system="testdesk")
+                answered.append([ActionResult(False, error=stopped) for _ in batch.actions])
+                continue
+            answered.append([
+                ActionResult(False, detail="already applied")
+                if action.key in batch.maybe_applied and connection.has(action.key)
+                else connection.write(action)
+                for action in batch.actions
+            ])
+        return answered
+
+
+@pytest.mark.parametrize("unreached", [set(), {"T-3", "T-17"}], ids=["all-reached", "job-stopped"])
+def test_many_tickets_ready_at_once_go_in_one_sweep(
+    store: Store, make_worker: Callable[..., Worker], upstream: Upstream, desk: BatchingDesk,
+    clock: FakeClock, pm: pluggy.PluginManager, unreached: set[str],
+) -> None:
+    sweeper = SweepingDesk(desk, unreached=unreached)
+    pm.register(sweeper)
+    open_tickets(store, clock, 30)
+    worker = make_worker(batch_size=100)
+    worker.process_inbox()
+
+    drain(worker, clock)
+
+    assert [len(call) for call in sweeper.calls] == [30]
+    # What the stopped job never reached was tried again, alone, and looked up first.
+    assert sorted(call.ticket_id for call in desk.calls) == sorted(unreached)
+    assert all(set(call.maybe_applied) == {a.key for a in call.actions} for call in desk.calls)
+    assert upstream.keys_by_ticket() == keys_in_store(store.engine) and upstream.duplicates == 0
+    assert set(outbox_states(store).values()) == {"done"}
+
+
+def test_a_sweep_declined_falls_back_to_one_call_per_ticket(
+    store: Store, make_worker: Callable[..., Worker], upstream: Upstream, desk: BatchingDesk,
+    clock: FakeClock, pm: pluggy.PluginManager,
+) -> None:
+    pm.register(SweepingDesk(desk, decline=True))
+    open_tickets(store, clock, 12)
+    worker = make_worker(batch_size=100)
+    worker.process_inbox()
+    worker.process_outbox()
+    assert len(desk.calls) == 12
+    assert upstream.keys_by_ticket() == keys_in_store(store.engine) and upstream.duplicates == 0

@@ -118,3 +118,29 @@ def test_a_breach_half_an_hour_later_moves_the_ticket_in_one_call(tmp_path):
         assert ticket["group_id"] == 360000102 and ticket["assignee_id"] == 360003
         assert rig.writes()[UPDATE] == opened + 1
         assert sandbox.duplicate_keys() == []
+
+
+BULK = "PUT /api/v2/tickets/update_many.json"
+
+
+def test_a_sweep_of_500_breached_tickets_goes_in_bulk_jobs(tmp_path):
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    with zendesk_rig(tmp_path, clock=clock) as rig:
+        sandbox = rig.sandbox
+        rig.worker.batch_size = 100  # tickets a pass: a job takes up to 100
+        tickets = [sandbox.create_ticket(f"Dashboard is slow ({n})",
+                                         custom_fields={SEVERITY_FIELD: "severity_medium"})["id"]
+                   for n in range(500)]
+        rig.settle(timeout=100)
+        opened = dict(sandbox.calls())
+        assert all(sandbox.ticket(t)["group_id"] == 360000101 for t in tickets[:5])
+
+        clock.advance(31 * 60)  # every one of them is unresolved past its time frame
+        rig.settle(timeout=100)
+
+        calls = {name: n - opened.get(name, 0) for name, n in sandbox.calls().items()}
+        assert calls.get(BULK) == 5, calls  # 500 tickets, 100 a job
+        assert calls.get(UPDATE, 0) == 0, calls  # none of them alone
+        assert all(sandbox.ticket(t)["group_id"] == 360000102 for t in tickets)
+        assert sandbox.duplicate_keys() == []
+        assert {row.state for row in rig.outbox_rows()} == {"done"}
