@@ -97,6 +97,7 @@ class Changes:
     events: tuple[TicketEvent, ...]
     cursor: str | None
     more: bool = False
+    stored: int = 0  # deliveries the look stored in the inbox instead, for the next inbox pass
 
 
 class DeliverySkipped(Exception):
@@ -153,7 +154,11 @@ class ConnectorSpec:
     variable or a setting it cannot use; ``check_target(config, target, people)`` returns
     ``(path, message)`` pairs for a target that names what the config does not define (an unknown
     group, a person missing from ``people``); ``sandbox`` is the class of the connector's sandbox
-    server (a :class:`escalier.connectors._sandbox.Sandbox`), which ``escalier sandbox NAME`` starts.
+    server, which ``escalier sandbox NAME`` starts: a :class:`escalier.connectors._sandbox.Sandbox`
+    (HTTP), or any class with ``serve(*, out) -> int``, such as the mail sandbox.
+
+    A connection that needs the store (the mail connector stores the messages it reads into the
+    inbox) may offer ``attach_store(engine)``; the worker calls it before its first pass.
     """
 
     name: str

@@ -216,6 +216,10 @@ class Worker:
         self._rate_limiter = rate_limiter
         # Each connection's validated settings (for the parser) and how often it is reconciled.
         self.settings = dict(settings or {})
+        for connection in self.connections.values():
+            attach = getattr(connection, "attach_store", None)
+            if attach is not None:  # a connection that stores what it reads (mail) into the inbox
+                attach(store.engine)
         self.reconcile = {account: every for account, every in (reconcile or {}).items()
                           if account in self.connections}
         self._reconcile_at: datetime | None = None  # None: look at once
@@ -411,7 +415,10 @@ class Worker:
     # --- reconciliation ----------------------------------------------------------------------------
 
     def process_reconciliation(self) -> int:
-        """Look upstream for missed changes on each connection that is due; returns events decided."""
+        """Look upstream for missed changes on each connection that is due.
+
+        :returns: the events decided, and the deliveries stored for the next inbox pass.
+        """
         now = self.clock()
         if not self.reconcile or (self._reconcile_at is not None and now < self._reconcile_at):
             return 0  # nothing due: no write to the store on every pass
@@ -436,7 +443,7 @@ class Worker:
                 continue
             for event in changes.events:
                 self.handle(event)
-            decided += len(changes.events)
+            decided += len(changes.events) + changes.stored
             self.store.save_cursor(*account, changes.cursor, due_at=now if changes.more else now + every,
                                    now=now)
             log.info("runtime.reconcile.done", extra={**context, "events": len(changes.events),
