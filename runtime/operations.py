@@ -24,7 +24,7 @@ from escalier.core.config import load_policy
 from escalier.core.connector import Connection, ConnectorSpec
 from escalier.core.durations import parse_duration
 from escalier.core.engine import decide
-from escalier.core.errors import EscalierError
+from escalier.core.errors import AuthError, EscalierError
 from escalier.core.policy import Policy
 from escalier.plugins import get_plugin_manager
 from escalier.runtime.health import DEFAULT_GRACE, invariant_violations
@@ -41,6 +41,7 @@ __all__ = [
     "dlq_list",
     "dlq_retry",
     "reconcile_intervals",
+    "refuse_bad_logins",
     "run_worker",
     "status",
     "upgrade",
@@ -115,12 +116,35 @@ def build_connections(
         except KeyError as exc:  # SecretRef.reveal names the variable
             problems.append(f"{account[0]}/{account[1]}: environment variable {exc.args[0]} is not set")
         except EscalierError as exc:
-            problems.append(f"{account[0]}/{account[1]}: {exc}")
+            name = f"{account[0]}/{account[1]}"
+            problems.append(str(exc) if str(exc).startswith(name) else f"{name}: {exc}")
     if problems:
         for connection in connections.values():
             connection.close()
         raise EscalierError("cannot connect:\n  " + "\n  ".join(problems))
     return connections
+
+
+def refuse_bad_logins(connections: Mapping[Account, Connection]) -> None:
+    """Try each connection once; a refused login stops the start-up, an unreachable upstream does not.
+
+    An upstream that is down now may be up in a minute, and the outbox waits for it; credentials
+    that are refused will be refused on every action, so the worker says so at once.
+    """
+    refused = []
+    for (system, instance), connection in connections.items():
+        try:
+            log.info("runtime.connector.checked", extra={"connector": system, "instance": instance,
+                                                           "found": connection.check()})
+        except AuthError as exc:
+            refused.append(f"{system}/{instance}: {exc}")
+        except EscalierError as exc:
+            log.warning("runtime.connector.unreachable",
+                        extra={"connector": system, "instance": instance, "error": str(exc)})
+    if refused:
+        for connection in connections.values():
+            connection.close()
+        raise EscalierError("the upstream refused our login:\n  " + "\n  ".join(refused))
 
 
 def reconcile_intervals(policy: Policy, pm: pluggy.PluginManager) -> dict[Account, timedelta]:
@@ -166,10 +190,12 @@ def run_worker(
     idle_wait: float = 0.5,
     handle_signals: bool = True,
     stop: threading.Event | None = None,
+    check: bool = True,
 ) -> Pass:
     """Run a worker against the store at ``url`` until stopped (SIGTERM/SIGINT) or, with ``once``, idle.
 
     :param plugins: extra plugin objects to register besides the installed ones.
+    :param check: try each connection once at start-up; a refused login stops it.
     :param retry: :class:`~escalier.runtime.retry.RetrySettings` fields.
     :returns: what the worker handled.
     """
@@ -177,6 +203,8 @@ def run_worker(
     pm = get_plugin_manager(load_entrypoints=load_entrypoints, plugins=plugins)
     policy = load_policy(policy_path, plugin_manager=pm)
     connections = build_connections(policy, pm, environ)
+    if check:
+        refuse_bad_logins(connections)
     instances = configured_instances(policy, pm)
     engine = create_store_engine(url)
     stop = stop or threading.Event()

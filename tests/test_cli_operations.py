@@ -72,7 +72,7 @@ def serve_setup(tmp_path, example_policy_path) -> tuple[Path, int, dict[str, str
     shutil.copy(example_policy_path, policy)
     env = {**os.environ, "JIRA_WEBHOOK_SECRET": "jira-secret", "ZENDESK_WEBHOOK_SECRET": "zd-secret",
            "ZENDESK_WEBHOOK_SECRET_PREVIOUS": "zd-old", "JIRA_API_TOKEN": "jira-token",
-           "ZENDESK_API_TOKEN": "zd-token"}
+           "ZENDESK_API_TOKEN": "zd-token", "SMTP_PASSWORD": "smtp", "IMAP_PASSWORD": "imap"}
     env.pop("ESCALIER_DB", None)
     return policy, free_port(), env
 

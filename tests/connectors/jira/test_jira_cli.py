@@ -118,3 +118,12 @@ def test_serve_stops_before_starting_when_a_connection_cannot_be_built(tmp_path,
     assert "environment variable JIRA_API_TOKEN is not set" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "escalier.db").exists()  # stopped before the store was touched
+
+
+def test_the_worker_stops_at_start_up_when_the_site_refuses_its_login(tmp_path, sandbox) -> None:
+    policy = write_policy(tmp_path, sandbox)
+    env = {**__import__("os").environ, "JIRA_API_TOKEN": "not-the-token", "JIRA_WEBHOOK_SECRET": "s"}
+    done = run("worker", str(policy), "--db", f"sqlite:///{tmp_path / 'escalier.db'}", "--once", env=env)
+    assert done.returncode == 1
+    assert "the upstream refused our login" in done.stderr and "jira/default" in done.stderr
+    assert "not-the-token" not in done.stderr and "Traceback" not in done.stderr
