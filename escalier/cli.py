@@ -252,6 +252,11 @@ Put a TLS-terminating proxy in front of it; gunicorn serves plain HTTP.""",
     serve.add_argument("--workers", type=int, default=2, help="HTTP worker processes (default 2: one per core)")
     serve.add_argument("--threads", type=int, default=16, help="threads per HTTP worker (default 16)")
     serve.add_argument("--no-worker", action="store_true", help="receive only; run `escalier worker` elsewhere")
+    serve.add_argument(
+        "--dashboard", action="store_true",
+        help="also serve the read-only escalations dashboard at /dashboard/: to this machine as is, "
+        "beyond it only with the token in $ESCALIER_DASHBOARD_TOKEN (16 characters or more)",
+    )
     serve.set_defaults(handler=_serve)
 
     worker = _command(
@@ -350,7 +355,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     url = _store_url(args, args.policy)
     policy = load_policy(args.policy)
-    settings = ReceiverSettings.from_policy(policy, os.environ, url)
+    dashboard: dict[str, object] = {}
+    if args.dashboard:
+        token = os.environ.get("ESCALIER_DASHBOARD_TOKEN") or None
+        if token is not None and len(token) < 16:
+            raise EscalierError("ESCALIER_DASHBOARD_TOKEN must be at least 16 characters")
+        dashboard = {"dashboard": True, "dashboard_token": token}
+    settings = ReceiverSettings.from_policy(policy, os.environ, url, **dashboard)
     if not args.no_worker:
         _can_connect(policy)
     # Before the store is touched or the worker started (run_receiver checks again).
@@ -362,6 +373,8 @@ def _serve(args: argparse.Namespace) -> int:
         worker = WorkerProcess(url, args.policy)
         worker.start()
     print(f"escalier: receiving on http://{args.bind}/webhooks/", file=sys.stderr)
+    if args.dashboard:
+        print(f"escalier: dashboard on http://{args.bind}/dashboard/", file=sys.stderr)
     try:
         run_receiver(settings, bind=args.bind, workers=args.workers, threads=args.threads)
     finally:

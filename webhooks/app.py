@@ -38,6 +38,7 @@ from escalier.store.database import create_store_engine, ensure_schema
 from escalier.store.inbox import Delivery, GroupCommitter
 from escalier.store.schema import inbox
 from escalier.webhooks import _metrics
+from escalier.webhooks.dashboard import dashboard_blueprint
 from escalier.webhooks.settings import DEFAULT_KEPT_HEADERS, ReceiverSettings
 from escalier.webhooks.verification import Rejected
 
@@ -119,6 +120,8 @@ def create_app(settings: ReceiverSettings, *, plugin_manager: pluggy.PluginManag
     app.add_url_rule("/healthz", "healthz", _healthz, methods=["GET"])
     app.add_url_rule("/readyz", "readyz", _readyz, methods=["GET"])
     app.add_url_rule("/metrics", "metrics", _metrics_view, methods=["GET"])
+    if settings.dashboard:
+        app.register_blueprint(dashboard_blueprint())
     app.wsgi_app = _RequestIds(app.wsgi_app)  # type: ignore[method-assign]
     app.register_error_handler(Rejected, _rejected)
     app.register_error_handler(WebhookRejected, _rejected)

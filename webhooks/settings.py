@@ -56,6 +56,9 @@ class ReceiverSettings:
     ``replay_tolerance`` bounds a signed timestamp (Zendesk's); ``payload_max_age`` bounds the
     unsigned time a payload claims (Jira's, which retries for about 30 minutes).
     ``kept_headers`` names (case-insensitively) the only request headers stored with a delivery.
+    ``dashboard`` serves the read-only dashboard at ``/dashboard/``: to loopback without a token,
+    beyond it only with ``dashboard_token``; ``policy`` names its tiers and people and measures
+    its business time (:meth:`from_policy` sets it).
     """
 
     store_url: str
@@ -72,6 +75,10 @@ class ReceiverSettings:
     kept_headers: frozenset[str] = DEFAULT_KEPT_HEADERS
     create_schema: bool = False
     clock: Callable[[], datetime] = field(default=_utcnow, repr=False, compare=False)
+    dashboard: bool = False
+    dashboard_token: str | None = field(default=None, repr=False)
+    dashboard_refresh_seconds: int = 30
+    policy: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.dedupe_window < self.payload_max_age:
@@ -79,6 +86,8 @@ class ReceiverSettings:
                 "dedupe_window must be at least payload_max_age, or a replayed Jira body "
                 "would be accepted again after the window"
             )
+        if self.dashboard_token is not None and len(self.dashboard_token) < 16:
+            raise ValueError("dashboard_token must be at least 16 characters")
         object.__setattr__(self, "kept_headers", frozenset(h.lower() for h in self.kept_headers))
         object.__setattr__(self, "secrets", _frozen(self.secrets))
         object.__setattr__(self, "identities", _frozen(self.identities))
@@ -140,4 +149,5 @@ class ReceiverSettings:
                     identities[(name, instance)] = (str(identity),)
         if problems:
             raise ConfigError(problems)
+        options.setdefault("policy", policy)
         return cls(store_url=store_url, secrets=secrets, identities=identities, **options)
