@@ -27,6 +27,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from escalier.connectors._values import first_error as _first_error
 from escalier.connectors.email.config import EmailConfig
 from escalier.connectors.email.message import (
     MailMessage,
@@ -233,10 +234,3 @@ def _aware(value: datetime) -> datetime:
     return value if value.utcoffset() is not None else value.replace(tzinfo=UTC)
 
 
-def _first_error(exc: ValidationError) -> str:
-    errors = exc.errors()
-    if not errors:
-        return "invalid value"
-    first = errors[0]
-    where = ".".join(str(part) for part in first.get("loc", ())) or "value"
-    return f"{where}: {first.get('msg', 'invalid value')}"

@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -41,6 +40,7 @@ import requests
 from jira import JIRA, JIRAError
 from pydantic import ValidationError
 
+from escalier.connectors._values import seconds_until as _seconds_until
 from escalier.connectors.jira import events
 from escalier.connectors.jira.config import JiraSite, JiraTarget
 from escalier.core.connector import ActionBatch, ActionResult, Changes, RateLimit
@@ -106,27 +106,6 @@ def _upstream_message(response: requests.Response | None) -> str:
         if not parts and isinstance(data.get(single), str):
             parts.append(data[single])
     return "; ".join(parts)[:500]
-
-
-def _seconds_until(value: str | None) -> float | None:
-    """A header's delay: a number of seconds, or a date (ISO 8601 or HTTP) from now."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-    if when.utcoffset() is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _rate_limit(response: requests.Response | None) -> RateLimit | None:

@@ -15,7 +15,6 @@ where present), takes what it can from shapes it half knows, and refuses the res
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from escalier.connectors._values import first_error as _first_error
+from escalier.connectors._values import whole_count as _count
 from escalier.connectors.jira.config import JiraSite
 from escalier.core.connector import DeliverySkipped, RawEvent
 from escalier.core.errors import PayloadError
@@ -688,26 +689,6 @@ def _first_text(value: Any) -> str | None:
     return value.strip() or None if isinstance(value, str) else None
 
 
-def _count(value: Any) -> int | None:
-    """A non-negative whole count from a number or numeric string, else None."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = int(text)
-        except ValueError:
-            try:
-                value = float(text)
-            except ValueError:
-                return None
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        value = int(value)
-    return value if isinstance(value, int) and value >= 0 else None
-
-
 def _organization(value: Any) -> str | None:
     # Service Management's Organizations field is a list of {"id", "name"}.
     if isinstance(value, list):
@@ -939,10 +920,3 @@ def _epoch_ms(value: datetime) -> int:
     return (value - _EPOCH) // _MILLISECOND
 
 
-def _first_error(exc: ValidationError) -> str:
-    errors = exc.errors()
-    if not errors:
-        return "invalid value"
-    first = errors[0]
-    where = ".".join(str(part) for part in first.get("loc", ())) or "value"
-    return f"{where}: {first.get('msg', 'invalid value')}"

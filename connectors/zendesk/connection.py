@@ -44,12 +44,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from escalier.connectors._values import seconds_until as _seconds_until
 from escalier.connectors.zendesk import events
 from escalier.connectors.zendesk.config import ZendeskAccount, ZendeskTarget
 from escalier.core.connector import ActionBatch, ActionResult, Changes, RateLimit
@@ -165,24 +165,6 @@ def _upstream_message(response: requests.Response | None) -> str:
     if not parts and isinstance(data.get("errors"), list):
         parts.extend(str(e.get("title") or e.get("detail") or e) for e in data["errors"][:5])
     return "; ".join(parts)[:500]
-
-
-def _seconds_until(value: str | None) -> float | None:
-    """A header's delay: a number of seconds, or an HTTP date from now."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.utcoffset() is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _rate_limit(response: requests.Response | None) -> RateLimit | None:

