@@ -455,11 +455,17 @@ class ZendeskConnection:
 
     # reading
 
-    def fetch_ticket(self, ticket_id: str) -> Ticket:
-        """The ticket as Zendesk describes it now; cached for about 30 seconds."""
+    def fetch_ticket(self, ticket_id: str, *, newer_than: datetime | None = None) -> Ticket:
+        """The ticket as Zendesk describes it now; cached for about 30 seconds.
+
+        ``newer_than`` is the update a delivery speaks of: a cached copy from before it is read
+        again, so that a change is never decided on the ticket as it was before the change.
+        """
         cached = self._cached(str(ticket_id))
         if cached is not None:
-            return cached[0]
+            seen = cached[0].updated_at
+            if newer_than is None or (seen is not None and seen >= newer_than):
+                return cached[0]
         return self._read(self._ticket_number(ticket_id))[0]
 
     def _cached(self, ticket_id: str) -> tuple[Ticket, str | None] | None:

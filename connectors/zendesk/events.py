@@ -192,13 +192,15 @@ def ticket_from_api(
 
 
 def parse_delivery(
-    raw: RawEvent, site: ZendeskAccount | None, *, fetch: Callable[[str], Ticket] | None = None
+    raw: RawEvent, site: ZendeskAccount | None, *, fetch: Callable[..., Ticket] | None = None
 ) -> list[TicketEvent]:
     """The ticket events one stored Zendesk webhook delivery carries.
 
-    ``fetch(ticket id)`` is called at most once: for a trigger body that cannot make a ticket,
-    names no exact update time or lacks a mapped custom field, and for an event webhook when the
-    site maps custom fields (an event's ``detail`` carries none).
+    ``fetch(ticket id, newer_than=...)`` is called at most once: for a trigger body that cannot
+    make a ticket, names no exact update time or lacks a mapped custom field, and for an event
+    webhook when the site maps custom fields (an event's ``detail`` carries none). ``newer_than``
+    is the update the delivery speaks of, when it says: a copy of the ticket older than that
+    would decide the change on what came before it.
 
     :raises PayloadError: when the body is not a Zendesk webhook this parser can read.
     :raises DeliverySkipped: for events escalations do not follow (``unsupported_event``).
@@ -532,7 +534,7 @@ class _EventDelivery:
     reader: _Reader
     payload: Mapping[str, Any]
     received_at: datetime
-    fetch: Callable[[str], Ticket] | None
+    fetch: Callable[..., Ticket] | None
 
     def events(self) -> list[TicketEvent]:
         """The version event of the ticket, and a comment event for ``comment_added``."""
@@ -612,7 +614,7 @@ class _EventDelivery:
         if wants_custom and self.fetch is not None and name not in _DELETED:
             # ``detail`` carries no custom fields: the ticket is read to know them (a deleted
             # ticket cannot be read, and its fields no longer matter).
-            return self.fetch(str(values.id))
+            return self.fetch(str(values.id), newer_than=values.updated_at)
         if name == "custom_field_changed":
             field_id = _id(_mapping(event.get("custom_field")).get("id")) or _id(event.get("id"))
             if field_id is not None and "current" in event:
@@ -629,7 +631,7 @@ class _TriggerDelivery:
     reader: _Reader
     payload: Mapping[str, Any]
     received_at: datetime
-    fetch: Callable[[str], Ticket] | None
+    fetch: Callable[..., Ticket] | None
     delivery_id: str | None
     body: bytes
 
@@ -653,7 +655,11 @@ class _TriggerDelivery:
         fetched = self.fetch is not None and thin
         if fetched:
             assert self.fetch is not None
-            ticket = self.fetch(ticket_id)
+            # A trigger's time may be to the minute: any copy from before that minute's end is old.
+            newer = values.updated_at
+            if newer is not None and not values.updated_exact:
+                newer += timedelta(seconds=59)
+            ticket = self.fetch(ticket_id, newer_than=newer)
         elif values.complete():
             ticket = values.ticket(self.reader.site, instance)
         look = _TriggerLook(self.payload)

@@ -144,3 +144,19 @@ def test_a_sweep_of_500_breached_tickets_goes_in_bulk_jobs(tmp_path):
         assert all(sandbox.ticket(t)["group_id"] == 360000102 for t in tickets)
         assert sandbox.duplicate_keys() == []
         assert {row.state for row in rig.outbox_rows()} == {"done"}
+
+
+@pytest.mark.parametrize("webhook_mode", ["events", "trigger"])
+def test_a_change_right_after_a_read_is_decided_on_the_changed_ticket(tmp_path, webhook_mode):
+    with zendesk_rig(tmp_path, webhook_mode=webhook_mode) as rig:
+        sandbox = rig.sandbox
+        ticket_id = sandbox.create_ticket("Exports are slow",
+                                          custom_fields={SEVERITY_FIELD: "severity_medium"})["id"]
+        rig.settle()  # read once: the connection keeps that copy for a while
+        assert sandbox.ticket(ticket_id)["group_id"] == 360000101
+
+        # Seconds later a person raises the severity: the delivery is newer than the copy.
+        sandbox.update_ticket(ticket_id, custom_fields={SEVERITY_FIELD: "severity_critical"},
+                              as_user="mia")
+        rig.settle()
+        assert sandbox.ticket(ticket_id)["group_id"] == 360000102

@@ -86,9 +86,11 @@ class FakeZendesk:
     def __init__(self, *tickets: Ticket):
         self.tickets = {t.id: t for t in tickets}
         self.asked: list[str] = []
+        self.newer_than: list[datetime | None] = []
 
-    def fetch(self, ticket_id: str) -> Ticket:
+    def fetch(self, ticket_id: str, *, newer_than: datetime | None = None) -> Ticket:
         self.asked.append(ticket_id)
+        self.newer_than.append(newer_than)
         return self.tickets[ticket_id]
 
 
