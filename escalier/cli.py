@@ -206,9 +206,11 @@ exit status: 0 parsed (or skipped, with the reason), 2 unreadable input.""",
     parse.add_argument("--json", action="store_true", help="print the documented JSON")
     parse.set_defaults(handler=_parse)
 
+    from escalier.demo import add_demo_command
     from escalier.sandbox import add_sandbox_command
 
     add_sandbox_command(commands)
+    add_demo_command(commands)
     _add_runtime_commands(commands)
     return parser
 

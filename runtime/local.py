@@ -46,6 +46,8 @@ class LocalDeployment:
         receiver's ``/webhooks/<path>``.
     :param clock: with a fake clock (``now()`` and ``sleep()``), the receiver and the worker share
         the sandboxes' compressed time; the sandboxes must have been given the same clock.
+    :param receiver: :class:`~escalier.webhooks.ReceiverSettings` fields to set over those read
+        from the policy (``{"dashboard": True}``, wider replay windows for a fast clock).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class LocalDeployment:
         retry: RetrySettings = FAST_RETRIES,
         plugin_manager: pluggy.PluginManager | None = None,
         worker_id: str = "local-worker",
+        receiver: Mapping[str, Any] | None = None,
     ) -> None:
         from escalier.webhooks import ReceiverSettings, create_app
 
@@ -71,6 +74,8 @@ class LocalDeployment:
         settings = ReceiverSettings.from_policy(self.policy, environ, store_url)
         if clock is not None:
             settings = replace(settings, clock=clock.now)
+        if receiver:
+            settings = replace(settings, **receiver)
         self._server = make_server("127.0.0.1", 0, create_app(settings, plugin_manager=self.pm),
                                    threaded=True)
         self._serving = threading.Thread(target=self._server.serve_forever, name="escalier-local-receiver",
