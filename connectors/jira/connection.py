@@ -696,11 +696,17 @@ class JiraConnection:
         return bool(match) and match.group(1).casefold() in projects
 
     def _add_watchers(self, action: Action, path: str, maybe: bool) -> ActionResult:
-        wanted = []
+        wanted, absent = [], []
         for who in action.watchers:
-            ref = self._user_ref(who, strict=True)
-            assert ref is not None
-            wanted.append(ref.get("accountId") or ref.get("name"))
+            # Someone the policy consults may have no account on this site (a product manager,
+            # a director): they are told by notification, and their absence fails nothing.
+            ref = self._user_ref(who)
+            if ref is None:
+                absent.append(who)
+            else:
+                wanted.append(ref.get("accountId") or ref.get("name"))
+        if not wanted:
+            return ActionResult(applied=False, detail=f"no Jira account for {', '.join(absent)}")
         if maybe:
             found = self._get(f"{path}/watchers").get("watchers") or ()
             present = {w.get("accountId") or w.get("name") for w in found if isinstance(w, dict)}
@@ -712,7 +718,8 @@ class JiraConnection:
             # The body is a bare JSON string: an accountId on Cloud, a username on Data Center.
             response = self._request("POST", f"{path}/watchers", body=watcher, keys=[action.key])
             limit = _rate_limit(response) or limit
-        detail = f"{len(wanted)} watcher(s) added"
+        detail = f"{len(wanted)} watcher(s) added" + (
+            f"; no Jira account for {', '.join(absent)}" if absent else "")
         return ActionResult(applied=True, detail=detail, rate_limit=limit)
 
     def _transition(

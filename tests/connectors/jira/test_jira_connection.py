@@ -536,3 +536,19 @@ def test_a_partial_comment_delivery_is_completed_with_one_read(
     assert [e.id for e in found_again] == [e.id for e in found]
     # Two deliveries of one burst cost one read of the issue.
     assert sandbox.calls() == {f"GET {API}": 1}
+
+
+def test_a_watcher_without_a_jira_account_is_skipped_not_a_failure(sandbox: JiraSandbox) -> None:
+    key = sandbox.create_issue("SUP", "Watch me")["key"]
+    people = {**people_for(sandbox), "elena": Person(name="Elena", email="elena@northwind.example")}
+    connection = JiraConnection(site_for(sandbox), "default", ENV, people)
+    try:
+        [mixed] = connection.apply_batch(ActionBatch("jira", "default", key, (
+            action(ActionKind.ADD_WATCHERS, "1", key, watchers=("elena", people["jonas"].jira)),)))
+        [alone] = connection.apply_batch(ActionBatch("jira", "default", key, (
+            action(ActionKind.ADD_WATCHERS, "2", key, watchers=("elena",)),)))
+    finally:
+        connection.close()
+    assert mixed.error is None and mixed.applied and "no Jira account for elena" in mixed.detail
+    assert people["jonas"].jira in sandbox.watchers(key)
+    assert alone.error is None and not alone.applied and alone.detail == "no Jira account for elena"
