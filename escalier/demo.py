@@ -688,12 +688,13 @@ def _play(report: DemoReport, terminal: _Terminal, stack: list[Callable[[], None
     terminal.say(f"{END}  > the day ends; waiting for the last updates to reach the sandboxes")
     _settle(deployment, [jira, zendesk], timeout=30.0)
     report.tickets = dict(day.tickets)
-    deployment.close()  # the worker stops before the store is read
+    deployment.stop_worker()  # before the store is read; the receiver and its dashboard stay up
     _measure(report, deployment, day, announcer)
     report.finished = True
     if keep_running:
         _print_summary(report, terminal)
         clock.set_speed(1.0)
+        deployment.run_worker()  # a ticket you change in a sandbox now is decided as it happens
         terminal.say(f"\nstill running on a real-time clock: {report.urls['dashboard']}  (Ctrl-C to stop)",
                      always=True)
         while True:

@@ -135,6 +135,8 @@ class LocalDeployment:
 
     def run_worker(self) -> None:
         """Run the worker in a thread of its own (decisions and the outbox), until :meth:`close`."""
+        if self._stop.is_set():  # stopped before: a new run
+            self._stop = threading.Event()
         self._running = threading.Thread(
             target=self.worker.run, kwargs={"stop": self._stop, "idle_wait": 0.1},
             name="escalier-local-worker", daemon=True,
@@ -170,11 +172,16 @@ class LocalDeployment:
 
     # --- stopping --------------------------------------------------------------------------------
 
-    def close(self) -> Pass | None:
-        """Stop the worker thread (if any) and the receiver; release connections and the store."""
+    def stop_worker(self) -> None:
+        """Stop the worker thread (if any) after its batch in hand; the receiver keeps serving."""
         self._stop.set()
         if self._running is not None:
             self._running.join(timeout=10)
+            self._running = None
+
+    def close(self) -> Pass | None:
+        """Stop the worker thread (if any) and the receiver; release connections and the store."""
+        self.stop_worker()
         self._server.shutdown()
         self._serving.join(timeout=5)
         for connection in self.connections.values():
