@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-__all__ = ["first_error", "seconds_until", "whole_count"]
+from escalier.core.errors import PayloadError
+
+__all__ = ["first_error", "json_object", "seconds_until", "whole_count"]
 
 
 def whole_count(value: Any) -> int | None:
@@ -61,3 +65,24 @@ def first_error(exc: ValidationError) -> str:
     first = errors[0]
     where = ".".join(str(part) for part in first.get("loc", ())) or "value"
     return f"{where}: {first.get('msg', 'invalid value')}"
+
+
+def json_object(body: bytes, what: str) -> Mapping[str, Any]:
+    """A webhook body as a JSON object; anything else is a :class:`PayloadError` saying why.
+
+    ``what`` names the delivery in the message (``a Jira webhook``). NaN and Infinity are not
+    JSON, and a body nested past the parser's depth is refused rather than crashing it.
+    """
+    try:
+        payload = json.loads(body, parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise PayloadError(f"the body nests too deeply to be {what}") from exc
+    except ValueError as exc:
+        raise PayloadError("the body is not JSON") from exc
+    if not isinstance(payload, dict):
+        raise PayloadError("the body is JSON but not an object")
+    return payload
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from escalier.connectors._values import json_object
 from escalier.connectors._values import first_error as _first_error
 from escalier.connectors._values import whole_count as _count
 from escalier.connectors.jira.config import JiraSite
@@ -846,19 +847,7 @@ def _default_site(deployment: str) -> JiraSite:
 
 
 def _load(body: bytes) -> Mapping[str, Any]:
-    try:
-        payload = json.loads(body, parse_constant=_refuse_constant)
-    except RecursionError as exc:
-        raise PayloadError("the body nests too deeply to be a Jira webhook") from exc
-    except ValueError as exc:
-        raise PayloadError("the body is not JSON") from exc
-    if not isinstance(payload, dict):
-        raise PayloadError("the body is JSON but not an object")
-    return payload
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    return json_object(body, "a Jira webhook")
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

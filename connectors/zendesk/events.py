@@ -40,7 +40,6 @@ Our own changes (Escalier's service user, or a comment carrying the ``[escalier]
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -49,6 +48,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
+from escalier.connectors._values import json_object
 from escalier.connectors._values import whole_count
 from escalier.connectors._values import first_error as _first_error
 from escalier.connectors.zendesk.config import ZendeskAccount
@@ -853,19 +853,7 @@ def _default_site() -> ZendeskAccount:
 
 
 def _load(body: bytes) -> Mapping[str, Any]:
-    try:
-        payload = json.loads(body, parse_constant=_refuse_constant)
-    except RecursionError as exc:
-        raise PayloadError("the body nests too deeply to be a Zendesk webhook") from exc
-    except ValueError as exc:
-        raise PayloadError("the body is not JSON") from exc
-    if not isinstance(payload, dict):
-        raise PayloadError("the body is JSON but not an object")
-    return payload
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    return json_object(body, "a Zendesk webhook")
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
