@@ -122,8 +122,8 @@ class DashboardRig(LocalDeployment):
 
     def wake(self) -> None:
         """Decide every due timer, then settle."""
-        while self.worker.process_timers():
-            pass
+        for _ in iter(self.worker.process_timers, 0):
+            continue
         self.settle()
 
 

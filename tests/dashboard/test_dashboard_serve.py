@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import signal
 import socket
@@ -53,11 +55,9 @@ def test_serve_with_the_dashboard_flag_serves_it_and_guards_it_with_the_token(tm
         # Gunicorn binds before its worker has built the app: retry until a generous deadline.
         deadline = time.monotonic() + 60
         while True:
-            try:
+            with contextlib.suppress(requests.RequestException):
                 if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
                     break
-            except requests.RequestException:
-                pass
             if time.monotonic() > deadline or server.poll() is not None:
                 pytest.fail(f"the receiver did not become ready: {server.poll()=}")
             time.sleep(0.1)

@@ -8,6 +8,8 @@ that need it skip, except under CI (``CI`` set), where they fail: CI installs it
 
 from __future__ import annotations
 
+import contextlib
+
 import imaplib
 import os
 import pwd
@@ -176,10 +178,8 @@ service anvil {{
         try:
             yield client
         finally:
-            try:
+            with contextlib.suppress(imaplib.IMAP4.error, OSError):
                 client.logout()
-            except (imaplib.IMAP4.error, OSError):
-                pass
 
     def append(self, raw: bytes, *, user: str = "support", folder: str = "INBOX") -> None:
         """Deliver a message into a folder, as an MTA's local delivery would."""
@@ -242,10 +242,8 @@ class Mailboxes:
         try:
             yield client
         finally:
-            try:
+            with contextlib.suppress(imaplib.IMAP4.error, OSError):
                 client.logout()
-            except (imaplib.IMAP4.error, OSError):
-                pass
 
     def messages(self, user: str = "support", folder: str = "INBOX") -> list[tuple[set[str], bytes]]:
         """Each message of a folder: its flags and its bytes, read over IMAP."""
@@ -295,24 +293,21 @@ class KeywordlessProxy:
     def _pipe(source: socket.socket, sink: socket.socket, rewrite: bool) -> None:
         source.settimeout(None)
         try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    break
-                if rewrite and b"PERMANENTFLAGS" in data:
-                    data = re.sub(rb"\[PERMANENTFLAGS \(([^)]*)\)\]",
-                                  lambda m: b"[PERMANENTFLAGS (" + b" ".join(
-                                      f for f in m.group(1).split() if f.startswith(b"\\") and f != b"\\*"
-                                  ) + b")]", data)
-                sink.sendall(data)
-        except OSError:
-            pass
+            with contextlib.suppress(OSError):  # a side that closed ends the pipe
+                while True:
+                    data = source.recv(65536)
+                    if not data:
+                        break
+                    if rewrite and b"PERMANENTFLAGS" in data:
+                        data = re.sub(rb"\[PERMANENTFLAGS \(([^)]*)\)\]",
+                                      lambda m: b"[PERMANENTFLAGS (" + b" ".join(
+                                          f for f in m.group(1).split() if f.startswith(b"\\") and f != b"\\*"
+                                      ) + b")]", data)
+                    sink.sendall(data)
         finally:
             for sock in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def close(self) -> None:
         """Stop accepting connections."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import imaplib
 import re
 import signal
@@ -49,10 +51,8 @@ def imap(server: MailSandbox, user: str = "support") -> Iterator[imaplib.IMAP4]:
         client.login(user, server.users[user])
         yield client
     finally:
-        try:
+        with contextlib.suppress(imaplib.IMAP4.error, OSError):
             client.logout()
-        except (imaplib.IMAP4.error, OSError):
-            pass
 
 
 @contextmanager
@@ -63,10 +63,8 @@ def smtp(server: MailSandbox, *, login: bool = True) -> Iterator[smtplib.SMTP]:
             client.login("support", PASSWORD)
         yield client
     finally:
-        try:
+        with contextlib.suppress(smtplib.SMTPException, OSError):
             client.quit()
-        except (smtplib.SMTPException, OSError):
-            pass
 
 
 def customer_mail(

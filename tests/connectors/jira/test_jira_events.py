@@ -745,6 +745,10 @@ def test_rest_issues_with_one_value_swapped_never_crash(data: st.DataObject) -> 
     path = data.draw(st.sampled_from(_paths(payload)))
     payload = _replace(payload, path, data.draw(json_values | jira_shaped))
     try:
-        events_from_issue(payload, None, "acme", since=datetime(2026, 1, 1, tzinfo=UTC))
-    except PayloadError:
-        pass
+        found = events_from_issue(payload, None, "acme", since=datetime(2026, 1, 1, tzinfo=UTC))
+    except PayloadError as exc:
+        assert str(exc)  # refused with a reason
+        return
+    # What it does read is events of this site, in time order.
+    assert all(event.system == "jira" and event.id.startswith("jira:acme:") for event in found)
+    assert [e.occurred_at for e in found] == sorted(e.occurred_at for e in found)

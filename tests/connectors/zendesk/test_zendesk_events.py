@@ -478,6 +478,8 @@ def test_rest_tickets_with_one_value_swapped_never_crash(data: st.DataObject) ->
     path = data.draw(st.sampled_from(_paths(ticket)))
     swapped = _swap(ticket, path, data.draw(json_values))
     try:
-        events_from_export(swapped, MAPPED, "acme")
-    except PayloadError:
-        pass
+        found = events_from_export(swapped, MAPPED, "acme")
+    except PayloadError as exc:
+        assert str(exc)  # refused with a reason
+        return
+    assert all(event.system == "zendesk" and event.id.startswith("zendesk:acme:") for event in found)
