@@ -109,6 +109,18 @@ def parse_event_for_connector(
     """
 
 
+@hookspec
+def prepare_deliveries_for_connector(raws: list[RawEvent], config: Any, connection: Connection) -> None:
+    """Read ahead what a pass's deliveries will need, in as few calls as the API allows.
+
+    Fires in the worker once per pass and connection, with the deliveries of that connection it
+    claimed, before they are parsed one by one with ``parse_event_for_connector``. An
+    implementation may read many tickets in one request (Zendesk's ``show_many``) into the
+    connection's cache, so that each parse finds its ticket there. Returns nothing; a failure is
+    logged and the deliveries are parsed as if it had not fired (each reading what it needs).
+    """
+
+
 @hookspec(firstresult=True)
 def apply_action_for_connector(action: Action, connection: Connection) -> ActionResult | None:
     """Apply one action upstream.

@@ -48,7 +48,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -56,7 +56,7 @@ from typing import Any
 import pluggy
 from sqlalchemy import Engine
 
-from escalier.core.connector import ActionBatch, ActionResult, Connection, DeliverySkipped
+from escalier.core.connector import ActionBatch, ActionResult, Connection, DeliverySkipped, RawEvent
 from escalier.core.engine import Decision
 from escalier.core.errors import ConnectorError, PayloadError, PluginError, TransientError
 from escalier.core.model import EscalationState, TicketEvent, Timer
@@ -82,6 +82,9 @@ Account = tuple[str, str]
 # While the deciding thread has work in hand, the applier thread waits before each action, but no
 # longer than this: decisions go first without starving the outbox under a constant stream.
 _DECISIONS_FIRST = 0.1
+# While idle, the deciding thread looks this often for a stored delivery (one indexed read): the
+# receiver is another process and cannot wake it.
+_INBOX_POLL = 0.05
 
 
 class _OverBudget(Exception):
@@ -318,13 +321,23 @@ class Worker:
                 finally:
                     applier.turns.deciding(False)
                 if not (found or claimed):
-                    stop.wait(self._until_next_timer(began, idle_wait))
+                    self._idle(stop, self._until_next_timer(began, idle_wait))
         finally:
             applier.finish()
             self._outbox_wake = self._turns = None
         if applier.error is not None:
             raise applier.error
         return Pass(deliveries, timers, applier.actions)
+
+    def _idle(self, stop: threading.Event, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds, or until a delivery is stored or ``stop`` is set."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or stop.wait(min(_INBOX_POLL, left)):
+                return
+            if inbox.has_claimable(self.engine, now=self.clock()):
+                return
 
     def _until_next_timer(self, after: datetime, idle_wait: float) -> float:
         """Seconds to the first timer due after ``after`` (the sweep's time), up to ``idle_wait``.
@@ -364,6 +377,7 @@ class Worker:
                 self.engine, self.worker_id, limit=self.batch_size, lease=self.lease,
                 now=self.clock(),
             )
+        self._prepare(raws)
         done: list[int] = []
         for raw in raws:
             assert raw.inbox_id is not None
@@ -411,6 +425,29 @@ class Worker:
         with self.store.writing():
             inbox.complete(self.engine, done, now=self.clock())
         return len(raws)
+
+    def _prepare(self, raws: Sequence[RawEvent]) -> None:
+        """Let each connection read ahead, in few calls, what its deliveries' parses will need."""
+        if not raws or not self.pm.hook.prepare_deliveries_for_connector.get_hookimpls():
+            return
+        by_account: dict[Account, list[RawEvent]] = {}
+        for raw in raws:
+            by_account.setdefault((raw.source, raw.instance), []).append(raw)
+        for account, found in by_account.items():
+            connection = self.connections.get(account)
+            if connection is None:
+                continue
+            try:
+                self.pm.hook.prepare_deliveries_for_connector(
+                    raws=found, config=self.settings.get(account), connection=connection
+                )
+            except Exception as exc:  # each parse then reads what it needs itself
+                log.warning(
+                    "runtime.inbox.prepare_failed",
+                    exc_info=not isinstance(exc, ConnectorError),
+                    extra={"source": account[0], "instance": account[1], "deliveries": len(found),
+                           "error": repr(exc)},
+                )
 
     # --- reconciliation ----------------------------------------------------------------------------
 

@@ -85,6 +85,8 @@ LOOK_BACK = timedelta(hours=1)
 EXPORT_PAGE = 1000
 # Zendesk's bulk update takes at most 100 tickets a job.
 BULK_SIZE = 100
+# Tickets a GET tickets/show_many returns at most.
+SHOW_MANY = 100
 JOB_DONE = frozenset({"completed", "failed", "killed"})
 
 _PAIR = re.compile(r"(\w+)\s*=\s*([\d.]+)")
@@ -467,6 +469,35 @@ class ZendeskConnection:
             if newer_than is None or (seen is not None and seen >= newer_than):
                 return cached[0]
         return self._read(self._ticket_number(ticket_id))[0]
+
+    def read_ahead(self, wanted: Mapping[str, datetime | None]) -> int:
+        """Read into the cache, up to 100 a request, the tickets of ``wanted`` not cached new enough.
+
+        ``wanted`` maps a ticket id to the update its delivery speaks of (as ``fetch_ticket``'s
+        ``newer_than``). One ``GET tickets/show_many`` serves a pass's deliveries instead of one
+        ``GET tickets/{id}`` each; a ticket it does not return (deleted) is left to
+        ``fetch_ticket``. Returns how many tickets were read.
+        """
+        missing = []
+        for ticket_id, newer_than in wanted.items():
+            cached = self._cached(str(ticket_id))
+            seen = cached[0].updated_at if cached is not None else None
+            if cached is None or (newer_than is not None and (seen is None or seen < newer_than)):
+                missing.append(self._ticket_number(ticket_id))
+        read = 0
+        for start in range(0, len(missing), SHOW_MANY):
+            chunk = missing[start:start + SHOW_MANY]
+            what = f"GET tickets/show_many ({len(chunk)} tickets)"
+            _, response = self._call(what, lambda z, ids=chunk: z.tickets(ids=ids))
+            found = self._json(what, response, "tickets")
+            if not isinstance(found, list):
+                raise ConnectorError(f"{self.name}: {what} answered without a list of tickets",
+                                     system=SYSTEM)
+            for ticket_json in found:
+                if isinstance(ticket_json, Mapping):
+                    self._remember(ticket_json)
+                    read += 1
+        return read
 
     def _cached(self, ticket_id: str) -> tuple[Ticket, str | None] | None:
         now = self._clock()

@@ -23,7 +23,7 @@ from escalier.connectors.zendesk.webhook import register_webhooks
 from escalier.core.connector import ActionBatch, ActionResult, Changes, ConnectorSpec, RawEvent
 from escalier.core.errors import EscalierError
 from escalier.core.hookspecs import hookimpl
-from escalier.core.model import Action, TicketEvent
+from escalier.core.model import Action, Ticket, TicketEvent
 from escalier.core.policy import Person
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "connect",
     "list_changes_for_connector",
     "parse_event_for_connector",
+    "prepare_deliveries_for_connector",
     "register_connectors",
     "register_webhooks",
 ]
@@ -88,6 +89,48 @@ def parse_event_for_connector(
     site = _account(config, raw.instance) if config is not None else None
     fetch = connection.fetch_ticket if isinstance(connection, ZendeskConnection) else None
     return events.parse_delivery(raw, site, fetch=fetch)
+
+
+class _ReadAhead(Exception):
+    """Raised by the look-ahead's fetch: the parse would read this ticket."""
+
+    def __init__(self, ticket_id: str, newer_than: datetime | None):
+        super().__init__(ticket_id)
+        self.ticket_id = ticket_id
+        self.newer_than = newer_than
+
+
+def _would_read(ticket_id: str, *, newer_than: datetime | None = None) -> Ticket:
+    raise _ReadAhead(str(ticket_id), newer_than)
+
+
+@hookimpl(trylast=True)
+def prepare_deliveries_for_connector(raws: list[RawEvent], config: Any, connection: Any) -> None:
+    """Read the tickets a pass's deliveries need with ``show_many``: one request, not one each.
+
+    Each delivery is parsed with a fetch that only notes which ticket, as of which update, the
+    parse would read; a delivery that reads nothing, or cannot be parsed, is left to its own
+    parse, which says why.
+    """
+    if not isinstance(connection, ZendeskConnection):
+        return
+    wanted: dict[str, datetime | None] = {}
+    for raw in raws:
+        if raw.source != "zendesk":
+            continue
+        site = _account(config, raw.instance) if config is not None else None
+        try:
+            events.parse_delivery(raw, site, fetch=_would_read)
+        except _ReadAhead as read:
+            known = wanted.get(read.ticket_id)
+            if read.ticket_id not in wanted or (
+                read.newer_than is not None and (known is None or known < read.newer_than)
+            ):
+                wanted[read.ticket_id] = read.newer_than
+        except Exception:  # noqa: BLE001 - its own parse reports it
+            continue
+    if len(wanted) > 1:
+        connection.read_ahead(wanted)
 
 
 @hookimpl(trylast=True)

@@ -250,6 +250,38 @@ def test_a_failing_look_is_tried_again_soon_and_keeps_its_cursor(
     assert row.due_at.replace(tzinfo=None) == (clock.now() + timedelta(minutes=1)).replace(tzinfo=None)
 
 
+def test_a_pass_lets_the_connection_read_ahead_once_and_survives_a_failing_look(
+    store: Store, make_worker: Callable[..., Worker], clock: FakeClock, pm: pluggy.PluginManager,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class ReadAhead:
+        def __init__(self) -> None:
+            self.passes: list[list[str | None]] = []
+            self.fail = False
+
+        @hookimpl
+        def prepare_deliveries_for_connector(self, raws, config, connection):
+            assert isinstance(connection, TestDeskConnection)
+            self.passes.append([raw.delivery_id for raw in raws])
+            if self.fail:
+                raise TransientError("show_many answered 429", system="testdesk", status=429)
+
+    ahead = ReadAhead()
+    pm.register(ahead)
+    open_tickets(store, clock, 3)
+    worker = make_worker()
+    assert worker.process_inbox() == 3
+    assert ahead.passes == [["created-0", "created-1", "created-2"]]
+    # A failed look ahead costs nothing but a log line: each delivery is still decided.
+    ahead.fail = True
+    deliver(store.engine, [event_body("T-9", "created", clock.now(), id="created-9", severity="critical",
+                                      users_affected=1)], received_at=clock.now())
+    caplog.set_level("WARNING", logger="escalier.runtime.worker")
+    assert worker.process_inbox() == 1
+    assert [r.msg for r in caplog.records] == ["runtime.inbox.prepare_failed"]
+    assert "T-9" in keys_in_store(store.engine)
+
+
 def test_one_delivery_can_be_followed_through_the_worker_log_by_its_fields(
     store: Store, make_worker: Callable[..., Worker], clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -375,6 +375,68 @@ def test_fetch_is_cached_for_about_thirty_seconds(sandbox: ZendeskSandbox) -> No
     conn.close()
 
 
+SHOW_MANY = "GET /api/v2/tickets/show_many.json"
+
+
+def test_a_pass_of_event_deliveries_reads_its_tickets_in_one_request() -> None:
+    box = ZendeskSandbox(token=TOKEN, webhook_mode="events").start()
+    conn = connect(box)
+    pm = get_plugin_manager(load_entrypoints=False)
+    try:
+        tickets = [open_ticket(box) for _ in range(3)]
+        sent = len(box.delivery_bodies())
+        for ticket in tickets:
+            box.update_ticket(int(ticket), as_user="mia",
+                              custom_fields={360000201: "severity_critical"})
+        raws = [RawEvent(source="zendesk", instance="default", body=json.dumps(payload).encode(),
+                         headers={}, received_at=datetime.now(UTC))
+                for _, payload in box.delivery_bodies()[sent:]]
+        assert len(raws) >= 3
+        before = box.calls()
+        pm.hook.prepare_deliveries_for_connector(raws=raws, config=config_for(box), connection=conn)
+        assert new_calls(box, before) == {SHOW_MANY: 1}
+        parsed = [pm.hook.parse_event_for_connector(raw=raw, config=config_for(box), connection=conn)
+                  for raw in raws]
+        # Every parse found its ticket, as of the change, in what the one request read.
+        assert new_calls(box, before) == {SHOW_MANY: 1}
+        severities = {e.ticket_id: e.ticket.severity for events in parsed for e in events}
+        assert severities == {ticket: "critical" for ticket in tickets}
+        # A later change of one of them is read again: the cached copy is older than it.
+        box.update_ticket(int(tickets[0]), as_user="mia",
+                          custom_fields={360000201: "severity_low"})
+        _, payload = box.delivery_bodies()[-1]
+        [again] = parse_body(box, payload, conn)[:1]
+        assert again.ticket.severity == "low" and new_calls(box, before)[GET] == 1
+    finally:
+        conn.close()
+        box.stop()
+
+
+def test_the_read_ahead_skips_what_it_cannot_parse_and_what_needs_no_read(
+    sandbox: ZendeskSandbox, connection: ZendeskConnection
+) -> None:
+    ticket = open_ticket(sandbox)
+    junk = RawEvent(source="zendesk", instance="default", body=b"[1, 2]", headers={},
+                    received_at=datetime.now(UTC))
+    other = RawEvent(source="jira", instance="default", body=b"{}", headers={},
+                     received_at=datetime.now(UTC))
+    # A trigger body naming only the ticket needs a read; with one ticket the parse makes it.
+    alone = RawEvent(source="zendesk", instance="default",
+                     body=json.dumps({"ticket_id": ticket}).encode(), headers={},
+                     received_at=datetime.now(UTC))
+    plugin.prepare_deliveries_for_connector([junk, other, alone], config_for(sandbox), connection)
+    assert sandbox.calls() == {}
+    plugin.prepare_deliveries_for_connector([alone], config_for(sandbox), object())
+    assert sandbox.calls() == {}
+    second = open_ticket(sandbox)
+    both = [alone, RawEvent(source="zendesk", instance="default",
+                            body=json.dumps({"ticket_id": second}).encode(), headers={},
+                            received_at=datetime.now(UTC))]
+    plugin.prepare_deliveries_for_connector(both, config_for(sandbox), connection)
+    assert sandbox.calls() == {SHOW_MANY: 1}
+    assert connection.fetch_ticket(second).id == second and sandbox.calls() == {SHOW_MANY: 1}
+
+
 def test_the_export_pages_with_its_cursor(sandbox: ZendeskSandbox) -> None:
     conn = connect(sandbox, export_page=2)
     tickets = [open_ticket(sandbox) for _ in range(5)]
