@@ -183,6 +183,20 @@ def test_an_idle_worker_wakes_when_the_next_timer_is_due_not_after_idle_wait(
     assert 0 <= lateness < 0.5
 
 
+def test_an_idle_worker_decides_a_stored_delivery_at_once_not_after_idle_wait(
+    store: Store, build: Callable[..., TimedWorker]
+) -> None:
+    worker = build()
+    with running(worker, idle_wait=10.0) as outcome:
+        time.sleep(0.3)  # the worker found nothing and is waiting
+        stored = time.monotonic()
+        open_tickets(store, 1)
+        wait_for(lambda: "T-0" in keys_in_store(store.engine), timeout=8)
+        reaction = time.monotonic() - stored
+    assert "error" not in outcome
+    assert reaction < 1.0, reaction
+
+
 def test_a_failure_in_the_applier_thread_stops_the_worker_and_is_raised(
     store: Store, build: Callable[..., TimedWorker]
 ) -> None:
