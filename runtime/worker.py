@@ -85,6 +85,8 @@ _DECISIONS_FIRST = 0.1
 # While idle, the deciding thread looks this often for a stored delivery (one indexed read): the
 # receiver is another process and cannot wake it.
 _INBOX_POLL = 0.05
+# How long a connection's deliveries wait after a read failed without a Retry-After.
+_READ_RETRY = 5.0
 
 
 class _OverBudget(Exception):
@@ -201,6 +203,7 @@ class Worker:
         settings: Mapping[tuple[str, str], Any] | None = None,
         reconcile: Mapping[tuple[str, str], timedelta] | None = None,
         sweep_at_least: int = 10,
+        gather: float = 0.1,
     ):
         self.store = store
         self.decide = decide
@@ -228,9 +231,14 @@ class Worker:
         self._reconcile_at: datetime | None = None  # None: look at once
         # This many tickets ready on one connection in one pass are offered to its sweep hook.
         self.sweep_at_least = sweep_at_least
+        # An idle worker that finds a delivery waits this long for the ones arriving with it, so
+        # that a pass reads their tickets in one request and decides them together.
+        self.gather = gather
         self._retrying = build_retrying(retry, sleep=sleep)
         self._allowance = budget_wait
         self._held: dict[Account, datetime] = {}
+        # Accounts whose reads answered 429 or 5xx, until when their deliveries wait unparsed.
+        self._read_holds: dict[Account, datetime] = {}
         # Set while run() has an applier thread: told when a decision queues actions, and asked
         # for its turn before each action.
         self._outbox_wake: threading.Event | None = None
@@ -337,6 +345,8 @@ class Worker:
             if left <= 0 or stop.wait(min(_INBOX_POLL, left)):
                 return
             if inbox.has_claimable(self.engine, now=self.clock()):
+                # Deliveries come in bursts (one update, several events): take them together.
+                stop.wait(self.gather)
                 return
 
     def _until_next_timer(self, after: datetime, idle_wait: float) -> float:
@@ -379,11 +389,15 @@ class Worker:
             )
         self._prepare(raws)
         done: list[int] = []
+        deferred: dict[Account, list[int]] = {}
         for raw in raws:
             assert raw.inbox_id is not None
             context = {"inbox_id": raw.inbox_id, "source": raw.source, "instance": raw.instance,
                        "delivery_id": raw.delivery_id, "event_type": raw.event_type}
             account = (raw.source, raw.instance)
+            if self._read_hold_until(account) is not None:
+                deferred.setdefault(account, []).append(raw.inbox_id)
+                continue
             try:
                 events = self.pm.hook.parse_event_for_connector(
                     raw=raw, config=self.settings.get(account), connection=self.connections.get(account)
@@ -409,6 +423,10 @@ class Worker:
                 self.store.ignore_delivery(raw.inbox_id, f"{skipped.kind}: {skipped.reason}",
                                            now=self.clock())
                 continue
+            except TransientError as exc:  # the upstream asks to wait: so do its other deliveries
+                self._hold_reads(account, exc, context)
+                deferred.setdefault(account, []).append(raw.inbox_id)
+                continue
             except PayloadError as exc:  # a shape no retry will make readable: to an operator
                 log.error("runtime.inbox.unreadable", extra={**context, "error": str(exc)})
                 with self.store.writing():
@@ -424,7 +442,26 @@ class Worker:
             done.append(raw.inbox_id)
         with self.store.writing():
             inbox.complete(self.engine, done, now=self.clock())
+            for account, ids in deferred.items():
+                until = self._read_hold_until(account) or self.clock()
+                inbox.defer(self.engine, ids, until,
+                            f"{account[0]}/{account[1]} asked to wait until {until.isoformat()}")
         return len(raws)
+
+    def _read_hold_until(self, account: Account) -> datetime | None:
+        """Until when the account's deliveries wait for its upstream's reads; None: they don't."""
+        until = self._read_holds.get(account)
+        if until is not None and until <= self.clock():
+            del self._read_holds[account]
+            return None
+        return until
+
+    def _hold_reads(self, account: Account, exc: TransientError, context: Mapping[str, Any]) -> None:
+        """A read for a delivery met a 429 or a 5xx: the account's deliveries wait, unparsed."""
+        wait = exc.retry_after if exc.retry_after is not None else _READ_RETRY
+        until = self.clock() + timedelta(seconds=max(wait, 0.1))
+        self._read_holds[account] = max(until, self._read_holds.get(account, until))
+        log.warning("runtime.inbox.held", extra={**context, "error": str(exc), "wait": wait})
 
     def _prepare(self, raws: Sequence[RawEvent]) -> None:
         """Let each connection read ahead, in few calls, what its deliveries' parses will need."""
@@ -441,6 +478,9 @@ class Worker:
                 self.pm.hook.prepare_deliveries_for_connector(
                     raws=found, config=self.settings.get(account), connection=connection
                 )
+            except TransientError as exc:  # the parses would meet it too: they wait instead
+                self._hold_reads(account, exc, {"source": account[0], "instance": account[1],
+                                                "deliveries": len(found)})
             except Exception as exc:  # each parse then reads what it needs itself
                 log.warning(
                     "runtime.inbox.prepare_failed",

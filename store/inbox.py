@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, literal, null, select, text, union_all, update
+from sqlalchemy import Engine, case, func, insert, literal, null, select, text, union_all, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from escalier.core.connector import RawEvent
@@ -748,6 +748,29 @@ def fail(
             )
         )
     return state
+
+
+def defer(engine: Engine, ids: Iterable[int], until: datetime, reason: str) -> int:
+    """Give rows back untried until ``until``: their upstream asked to wait (a 429, a 5xx).
+
+    The claim's attempt is not counted, so a long upstream outage delays deliveries but never
+    fails them; returns how many rows changed.
+    """
+    ids = list(ids)
+    if not ids:
+        return 0
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(inbox)
+            .where(inbox.c.id.in_(ids), inbox.c.state == "pending")
+            .values(
+                claimed_by=None,
+                claimed_until=until,
+                attempts=case((inbox.c.attempts > 0, inbox.c.attempts - 1), else_=0),
+                error=reason[:2000],
+            )
+        )
+    return result.rowcount
 
 
 def counts(engine: Engine) -> dict[str, int]:

@@ -21,6 +21,7 @@ from escalier.plugins import get_plugin_manager
 from escalier.runtime.testing import FakeClock, TestDeskConnection, TestDeskPlugin, Upstream, deliver, event_body
 from escalier.runtime.worker import Worker
 from escalier.store import Store
+from escalier.store.schema import inbox as inbox_table
 from escalier.store.schema import outbox, sync_cursors
 
 LEASE = timedelta(minutes=5)
@@ -264,7 +265,7 @@ def test_a_pass_lets_the_connection_read_ahead_once_and_survives_a_failing_look(
             assert isinstance(connection, TestDeskConnection)
             self.passes.append([raw.delivery_id for raw in raws])
             if self.fail:
-                raise TransientError("show_many answered 429", system="testdesk", status=429)
+                raise ConnectorError("show_many answered what it cannot read", system="testdesk")
 
     ahead = ReadAhead()
     pm.register(ahead)
@@ -280,6 +281,40 @@ def test_a_pass_lets_the_connection_read_ahead_once_and_survives_a_failing_look(
     assert worker.process_inbox() == 1
     assert [r.msg for r in caplog.records] == ["runtime.inbox.prepare_failed"]
     assert "T-9" in keys_in_store(store.engine)
+
+
+def test_a_read_answered_429_makes_the_accounts_deliveries_wait_without_spending_attempts(
+    store: Store, make_worker: Callable[..., Worker], clock: FakeClock, pm: pluggy.PluginManager,
+) -> None:
+    class Throttled:
+        def __init__(self) -> None:
+            self.reads: list[str | None] = []
+            self.limited = True
+
+        @hookimpl(tryfirst=True)
+        def parse_event_for_connector(self, raw):
+            self.reads.append(raw.delivery_id)
+            if self.limited:
+                raise TransientError("GET ticket answered 429", system="testdesk", status=429,
+                                     retry_after=30)
+            return None
+
+    throttled = Throttled()
+    pm.register(throttled)
+    open_tickets(store, clock, 3)
+    worker = make_worker()
+    assert worker.process_inbox() == 3
+    # The first read met the limit; the other two waited without a read of their own.
+    assert throttled.reads == ["created-0"] and keys_in_store(store.engine) == {}
+    with store.engine.connect() as connection:
+        rows = connection.execute(select(inbox_table.c.state, inbox_table.c.attempts,
+                                         inbox_table.c.claimed_until)).all()
+    assert {(row.state, row.attempts) for row in rows} == {("pending", 0)}
+    assert worker.process_inbox() == 0  # nothing is claimable before the upstream's time
+    clock.advance(31)
+    throttled.limited = False
+    assert worker.process_inbox() == 3
+    assert sorted(keys_in_store(store.engine)) == ["T-0", "T-1", "T-2"]
 
 
 def test_one_delivery_can_be_followed_through_the_worker_log_by_its_fields(
