@@ -38,6 +38,7 @@ examples:
   escalier sandbox jira                          a Jira of your own in memory, for trying things
   escalier serve escalier.yaml                   receive webhooks and act on them (one command)
   escalier status --policy escalier.yaml         open escalations, timers, backlog, dead letters
+  escalier backtest escalier.yaml --from zendesk what the policy would have done to past tickets
 
 exit status: 0 success, 1 the work failed, 2 invalid input (bad policy, bad arguments).
 """
@@ -206,11 +207,13 @@ exit status: 0 parsed (or skipped, with the reason), 2 unreadable input.""",
     parse.add_argument("--json", action="store_true", help="print the documented JSON")
     parse.set_defaults(handler=_parse)
 
+    from escalier.backtest import add_command as add_backtest_command
     from escalier.demo import add_demo_command
     from escalier.sandbox import add_sandbox_command
 
     add_sandbox_command(commands)
     add_demo_command(commands)
+    add_backtest_command(commands)
     _add_runtime_commands(commands)
     return parser
 

@@ -20,10 +20,11 @@ from pydantic import ValidationError
 
 from escalier.core.clocks import zone
 from escalier.core.durations import parse_duration
-from escalier.core.engine import Decision, decide
+from escalier.core.engine import Decision
 from escalier.core.errors import ConfigError
-from escalier.core.model import EscalationState, EscalationStatus, EventKind, Ticket, TicketEvent, Timer
+from escalier.core.model import EventKind, Ticket, TicketEvent
 from escalier.core.policy import Policy
+from escalier.replay import replay_ticket
 
 __all__ = ["DEFAULT_HORIZON", "SimulationInputError", "run", "simulate"]
 
@@ -102,35 +103,14 @@ def simulate(
         occurred_at=ticket.created_at,
         ticket=ticket,
     )
-    queue = sorted(events, key=lambda e: (e.occurred_at, e.id))
     steps: list[Step] = []
-    state: EscalationState | None = None
-
-    def record(at: datetime, label: str, decision: Decision) -> None:
+    for turn in replay_ticket(policy, events, until=until, opening=created, stop_when_closed=True):
+        decision = turn.decision
         if decision.history or decision.actions:
             tier = decision.state.tier if decision.state is not None else None
-            before = state.tier if state is not None else None
-            steps.append(Step(at, label, decision, tier, _tz_of(policy, tier), tier_before=before))
-
-    decision = decide(policy, state, created, ticket.created_at)
-    state = decision.state
-    record(ticket.created_at, "created", decision)
-    while state is not None and state.status is not EscalationStatus.CLOSED:
-        wake = state.wake_at
-        event = queue[0] if queue else None
-        if event is not None and (wake is None or event.occurred_at <= wake):
-            if event.occurred_at > until:
-                break
-            queue.pop(0)
-            decision = decide(policy, state, event, event.occurred_at)
-            record(event.occurred_at, f"event {event.kind.value} ({event.id})", decision)
-        elif wake is not None and wake <= until:
-            timer = Timer(system=state.system, instance=state.instance, ticket_id=state.ticket_id, due_at=wake)
-            decision = decide(policy, state, timer, wake)
-            record(wake, "timer", decision)
-        else:
-            break
-        state = decision.state
+            before = turn.before.tier if turn.before is not None else None
+            label = "created" if turn.stimulus is created else turn.label
+            steps.append(Step(turn.at, label, decision, tier, _tz_of(policy, tier), tier_before=before))
     return steps
 
 

@@ -1246,8 +1246,9 @@ class ZendeskSandbox(Sandbox):
             ticket["comments"].append(entry)
             if creating:
                 ticket["is_public"] = public
+            # A comment's id is the id of its audit event, as in Zendesk.
             audit["events"].append({
-                "id": self._object_id(), "type": "Comment", "author_id": author, "body": entry["body"],
+                "id": entry["id"], "type": "Comment", "author_id": author, "body": entry["body"],
                 "html_body": entry["html_body"], "plain_body": entry["body"], "public": public,
                 "attachments": [], "audit_id": audit["id"],
             })

@@ -1,0 +1,178 @@
+"""``escalier backtest --from zendesk`` on the Zendesk sandbox's history, read with ``zenpy``.
+
+People work three tickets on a clock the test moves; the export and each ticket's audits are read
+back and replayed under two policies, checked against the engine driven here ticket by ticket,
+and the history's events against the event webhooks the same changes sent.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from escalier import backtest
+from escalier.connectors.zendesk import events as zendesk_events
+from escalier.connectors.zendesk.config import ZendeskConfig
+from escalier.connectors.zendesk.sandbox import ZendeskSandbox
+from escalier.core.connector import RawEvent
+from escalier.core.model import ActorRole, EventKind
+
+from backtest_support import TOKEN, Clock, engine_moves, load, report_moves, run_json, write_policy
+
+ENVIRON = {"ZENDESK_API_TOKEN": TOKEN}
+START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+SEVERITY = 360000201
+
+POLICY = """\
+name: {name}
+default_calendar: always
+calendars:
+  always: {{timezone: UTC, hours: 24x7}}
+people:
+  mia: {{name: Mia Hoffmann, email: mia@northwind.example, zendesk: 360001}}
+  priya: {{name: Priya Raman, email: priya@northwind.example, zendesk: 360003}}
+  tomas: {{name: Tomas Novak, email: tomas@northwind.example, zendesk: 360004}}
+connectors:
+  zendesk:
+    subdomain: northwind
+    url: {url}
+    email: escalier@example.com
+    token: ${{ZENDESK_API_TOKEN}}
+    groups: {{tier-1: 360000101, tier-2: 360000102, tier-3: 360000103, engineering: 360000110}}
+    service_user_id: 360009999
+    fields: {{severity: 360000201, users_affected: 360000202}}
+    timeout_seconds: 5
+tiers:
+  - level: 1
+    name: General support
+    targets: {{zendesk: {{group: tier-1}}}}
+    sla: {{resolve: 8h}}
+    raci: {{accountable: [mia]}}
+  - level: 2
+    name: Specialists
+    targets: {{zendesk: {{group: tier-2, assignee: priya}}}}
+    sla: {{resolve: 8h}}
+    raci: {{accountable: [priya]}}
+  - level: 3
+    name: Critical response
+    targets: {{zendesk: {{group: tier-3, assignee: tomas}}}}
+    sla: {{resolve: 4h}}
+    raci: {{accountable: [tomas]}}
+notifications: {{repeat_every: 4h, max_repeats: 1}}
+sla: {{pause_statuses: [pending]}}
+criteria:
+  - id: stale
+    when: {{tier: [1], unresolved_for: {stale}}}
+    then: {{to_tier: 2}}
+severities: [critical, high, medium, low]
+impact:
+  - {{name: widespread, users_at_least: 50}}
+  - {{name: single, users_at_least: 0}}
+matrix:
+  critical: {{widespread: {{tier: 3, priority: urgent}}, single: {{tier: 2, priority: high}}}}
+  high: {{widespread: {{tier: 2, priority: high}}, single: {{tier: 1, priority: normal}}}}
+  medium: {{widespread: {{tier: 1, priority: normal}}, single: {{tier: 1, priority: normal}}}}
+  low: {{widespread: {{tier: 1}}, single: {{tier: 1}}}}
+"""
+
+
+@pytest.fixture
+def day(tmp_path):
+    clock = Clock(START)
+    sandbox = ZendeskSandbox(token=TOKEN, clock=clock.now).start()
+    try:
+        ids = {}
+        ids["paused"] = sandbox.create_ticket("Invoice is wrong", "The March invoice doubles a line.",
+                                              group_id=360000101, custom_fields={SEVERITY: "severity_medium"})["id"]
+        clock.advance(minutes=5)
+        ids["moved"] = sandbox.create_ticket("Sync stalls", "Nightly sync stops at 2%.",
+                                             group_id=360000101, custom_fields={SEVERITY: "severity_high"})["id"]
+        clock.advance(minutes=10)  # 08:15: the agent asks the customer and waits
+        sandbox.update_ticket(ids["paused"], status="pending", comment="Which invoice number?", as_user="mia")
+        clock.advance(minutes=25)  # 08:40: a person hands the sync ticket to the specialists
+        sandbox.update_ticket(ids["moved"], group_id=360000102, priority="high", as_user="mia")
+        clock.advance(hours=2)  # 10:40: the customer answers, which opens the ticket again
+        sandbox.add_comment(ids["paused"], "INV-2026-03-114", as_user="dana")
+        clock.advance(hours=1)  # 11:40
+        sandbox.update_ticket(ids["paused"], status="solved", comment="Corrected, sorry.", as_user="mia")
+        clock.advance(minutes=1)
+        sandbox.update_ticket(ids["moved"], status="solved", as_user="priya")
+        clock.advance(hours=1)
+        fast = write_policy(tmp_path, "fast.yaml", POLICY.format(name="Fast", stale="20m", url=sandbox.url))
+        slow = write_policy(tmp_path, "slow.yaml", POLICY.format(name="Slow", stale="90m", url=sandbox.url))
+        yield sandbox, clock, ids, fast, slow
+    finally:
+        sandbox.stop()
+
+
+def histories(policy_path: Path, clock: Clock) -> dict[str, list]:
+    found = backtest.read_history(
+        load(policy_path), "zendesk", since=START - timedelta(hours=1), until=clock.now(),
+        environ=ENVIRON,
+    )
+    return {events[0].ticket_id: events for events in found}
+
+
+def test_history_events_are_the_event_webhooks_events(day):
+    sandbox, clock, ids, fast, _ = day
+    read = histories(fast, clock)
+    assert sorted(read) == sorted(str(i) for i in ids.values())
+    by_id = {e.id: e for events in read.values() for e in events}
+    site = ZendeskConfig.model_validate(load(fast).connectors["zendesk"])
+    seen = set()
+    for _, payload in sandbox.delivery_bodies():
+        raw = RawEvent(source="zendesk", instance="default", body=json.dumps(payload).encode(),
+                       headers={}, received_at=clock.now())
+        for event in zendesk_events.parse_delivery(raw, site):
+            assert event.id in by_id, event.id
+            mine = by_id[event.id]
+            assert mine.occurred_at == event.occurred_at
+            assert (mine.actor, mine.actor_role) == (event.actor, event.actor_role), event.id
+            if event.kind is EventKind.COMMENTED:
+                assert mine.comment == event.comment
+            # An event webhook carries no custom fields; the rest of the ticket must agree.
+            fields = ("status", "status_category", "priority", "tags", "group", "assignee", "subject")
+            assert {f: getattr(mine.ticket, f) for f in fields} == {f: getattr(event.ticket, f) for f in fields}
+            seen.add(event.id)
+    assert seen == set(by_id)  # every history event is one some webhook carried, and no more
+    paused = read[str(ids["paused"])]
+    # At one instant, an update's comment sorts before its version (by id), as the engine takes them.
+    assert [e.kind for e in paused] == [
+        EventKind.CREATED, EventKind.COMMENTED, EventKind.STATUS_CHANGED, EventKind.COMMENTED,
+        EventKind.STATUS_CHANGED, EventKind.COMMENTED, EventKind.RESOLVED,
+    ]
+    assert paused[0].ticket.severity == "medium" and paused[0].ticket.status == "new"
+    assert paused[2].ticket.status == "pending" and paused[2].actor_role is ActorRole.AGENT
+    assert paused[3].actor_role is ActorRole.CUSTOMER and paused[4].ticket.status == "open"
+
+
+def test_two_policies_against_the_engine_ticket_by_ticket(day):
+    sandbox, clock, ids, fast, slow = day
+    until = clock.now()
+    status, report, err = run_json(
+        [str(fast), "--from", "zendesk", "--since", "1d", "--against", str(slow)],
+        environ=ENVIRON, now=until,
+    )
+    assert status == 0, err
+    read = histories(fast, clock)
+    fast_policy, slow_policy = load(fast), load(slow)
+    differing = {t for t, events in read.items()
+                 if engine_moves(fast_policy, events, until) != engine_moves(slow_policy, events, until)}
+    shown = {d["ticket"]: d for d in report["differences"]["shown"]}
+    assert differing and differing <= set(shown)
+    for ticket_id, difference in shown.items():
+        assert report_moves(difference["policy"]) == engine_moves(fast_policy, read[ticket_id], until)
+        assert report_moves(difference["against"]) == engine_moves(slow_policy, read[ticket_id], until)
+    # Pending from 08:15 to 10:40 stops the clock: the paused ticket reaches 20 minutes open at
+    # 10:45 under the fast policy, and would reach 90 minutes only at 12:55, after it was solved.
+    paused = shown[str(ids["paused"])]
+    assert [m["at"] for m in paused["policy"]["moves"]] == ["2026-03-02T10:45:00+00:00"]
+    assert paused["against"]["moves"] == []
+    people = report["results"]["policy"]["noticed_by_people"]
+    assert people["how"] == {"moved group": 1}  # the specialists' group is tier 2's
+    assert people["policy_earlier"]["tickets"] == 1 and people["policy_earlier"]["median_seconds"] == 900.0
+    # Nothing was written: the sandbox saw reads only.
+    assert all(name.startswith("GET ") for name in sandbox.calls())
