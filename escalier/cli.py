@@ -39,6 +39,7 @@ examples:
   escalier serve escalier.yaml                   receive webhooks and act on them (one command)
   escalier status --policy escalier.yaml         open escalations, timers, backlog, dead letters
   escalier backtest escalier.yaml --from zendesk what the policy would have done to past tickets
+  escalier report --policy escalier.yaml         escalations of the last 30 days: rates, times, load
 
 exit status: 0 success, 1 the work failed, 2 invalid input (bad policy, bad arguments).
 """
@@ -209,11 +210,13 @@ exit status: 0 parsed (or skipped, with the reason), 2 unreadable input.""",
 
     from escalier.backtest import add_command as add_backtest_command
     from escalier.demo import add_demo_command
+    from escalier.report import add_command as add_report_command
     from escalier.sandbox import add_sandbox_command
 
     add_sandbox_command(commands)
     add_demo_command(commands)
     add_backtest_command(commands)
+    add_report_command(commands)
     _add_runtime_commands(commands)
     return parser
 
