@@ -85,6 +85,8 @@ _DECISIONS_FIRST = 0.1
 # While idle, the deciding thread looks this often for a stored delivery (one indexed read): the
 # receiver is another process and cannot wake it.
 _INBOX_POLL = 0.05
+# How long the worker waits at its end for each listener thread to let go of its connection.
+_LISTENER_JOIN = 5.0
 # How long a connection's deliveries wait after a read failed without a Retry-After.
 _READ_RETRY = 5.0
 
@@ -315,6 +317,8 @@ class Worker:
         applier = _Applier(self, stop, idle_wait)
         self._outbox_wake, self._turns = applier.wake, applier.turns
         applier.start()
+        halt = threading.Event()
+        listeners = self._start_listeners(halt)
         deliveries = timers = 0
         try:
             while not stop.is_set() and applier.error is None:
@@ -331,11 +335,40 @@ class Worker:
                 if not (found or claimed):
                     self._idle(stop, self._until_next_timer(began, idle_wait))
         finally:
+            halt.set()
             applier.finish()
+            for listener in listeners:
+                listener.join(timeout=_LISTENER_JOIN)
             self._outbox_wake = self._turns = None
         if applier.error is not None:
             raise applier.error
         return Pass(deliveries, timers, applier.actions)
+
+    def _start_listeners(self, halt: threading.Event) -> list[threading.Thread]:
+        """A thread for each connection that listens upstream (``listen(halt)``: mail in IMAP IDLE).
+
+        A listener stores what it hears in the inbox, where the deciding thread's poll finds it;
+        it runs until ``halt`` is set, and a failure of its own is logged, never the worker's.
+        """
+        threads = []
+        for (system, instance), connection in self.connections.items():
+            listen = getattr(connection, "listen", None)
+            if listen is None:
+                continue
+
+            def run(listen: Callable[[threading.Event], None] = listen, system: str = system,
+                    instance: str = instance) -> None:
+                try:
+                    listen(halt)
+                except Exception as exc:  # the reconciliation's look still catches up
+                    log.error("runtime.listener.failed", exc_info=True,
+                              extra={"system": system, "instance": instance, "error": repr(exc)})
+
+            thread = threading.Thread(target=run, name=f"escalier-listen-{system}-{instance}",
+                                      daemon=True)
+            thread.start()
+            threads.append(thread)
+        return threads
 
     def _idle(self, stop: threading.Event, timeout: float) -> None:
         """Wait up to ``timeout`` seconds, or until a delivery is stored or ``stop`` is set."""

@@ -197,6 +197,62 @@ def test_an_idle_worker_decides_a_stored_delivery_at_once_not_after_idle_wait(
     assert reaction < 1.0, reaction
 
 
+class ListeningConnection(TestDeskConnection):
+    """A connection that hears of a change upstream (as mail in IMAP IDLE) and stores it itself."""
+
+    __test__ = False
+
+    def __init__(self, base_url: str, store: Store, *, fail: bool = False):
+        super().__init__(base_url, timeout=5)
+        self.store = store
+        self.fail = fail
+        self.heard = threading.Event()
+        self.stopped = threading.Event()
+
+    def listen(self, halt: threading.Event) -> None:
+        try:
+            if self.fail:
+                raise ConnectionError("IDLE dropped")
+            self.heard.wait(5)
+            open_tickets(self.store, 1)
+            halt.wait()
+        finally:
+            self.stopped.set()
+
+
+def test_a_listening_connection_runs_beside_the_worker_and_stops_with_it(
+    store: Store, build: Callable[..., TimedWorker], live_upstream: Upstream
+) -> None:
+    connection = ListeningConnection(live_upstream.url, store)
+    worker = build(connections={("testdesk", "default"): connection})
+    with running(worker, idle_wait=10.0) as outcome:
+        time.sleep(0.3)
+        heard = time.monotonic()
+        connection.heard.set()
+        wait_for(lambda: "T-0" in keys_in_store(store.engine), timeout=8)
+        assert time.monotonic() - heard < 1.0
+        assert not connection.stopped.is_set()
+    assert "error" not in outcome
+    assert connection.stopped.is_set()  # halted when the worker stopped
+    connection.close()
+
+
+def test_a_failing_listener_is_logged_and_the_worker_goes_on(
+    store: Store, build: Callable[..., TimedWorker], live_upstream: Upstream,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    connection = ListeningConnection(live_upstream.url, store, fail=True)
+    worker = build(connections={("testdesk", "default"): connection})
+    caplog.set_level("ERROR", logger="escalier.runtime.worker")
+    with running(worker, idle_wait=0.2) as outcome:
+        wait_for(connection.stopped.is_set, timeout=5)
+        open_tickets(store, 1)
+        wait_for(lambda: "T-0" in keys_in_store(store.engine), timeout=8)
+    assert "error" not in outcome
+    assert [r.msg for r in caplog.records] == ["runtime.listener.failed"]
+    connection.close()
+
+
 def test_a_failure_in_the_applier_thread_stops_the_worker_and_is_raised(
     store: Store, build: Callable[..., TimedWorker]
 ) -> None:
