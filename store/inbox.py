@@ -656,15 +656,7 @@ def claim(
 ) -> list[RawEvent]:
     """Lease up to ``limit`` pending rows to ``worker_id``, oldest first; expired leases count as free."""
     now = now or _now()
-    candidates = (
-        select(inbox.c.id)
-        .where(
-            inbox.c.state == "pending",
-            (inbox.c.claimed_until.is_(None)) | (inbox.c.claimed_until < now),
-        )
-        .order_by(inbox.c.id)
-        .limit(limit)
-    )
+    candidates = select(inbox.c.id).where(*_claimable(now)).order_by(inbox.c.id).limit(limit)
     if engine.dialect.name == "postgresql":
         # Several workers on several nodes each take different rows instead of queueing.
         candidates = candidates.with_for_update(skip_locked=True)
@@ -694,16 +686,16 @@ def claim(
 def has_claimable(engine: Engine, *, now: datetime | None = None) -> bool:
     """Whether :func:`claim` would find a row now: one indexed read, cheap enough to poll."""
     now = now or _now()
-    look = (
-        select(inbox.c.id)
-        .where(
-            inbox.c.state == "pending",
-            (inbox.c.claimed_until.is_(None)) | (inbox.c.claimed_until < now),
-        )
-        .limit(1)
-    )
     with engine.connect() as conn:
-        return conn.execute(look).first() is not None
+        return conn.execute(select(inbox.c.id).where(*_claimable(now)).limit(1)).first() is not None
+
+
+def _claimable(now: datetime) -> tuple[Any, ...]:
+    """Pending, and not leased (or the lease expired, or the wait asked for is over)."""
+    return (
+        inbox.c.state == "pending",
+        (inbox.c.claimed_until.is_(None)) | (inbox.c.claimed_until < now),
+    )
 
 
 def complete(engine: Engine, ids: Iterable[int], *, now: datetime | None = None) -> int:
