@@ -175,7 +175,8 @@ def read_policy(
     if lint:
         from escalier.core.lint import lint_policy
 
-        lint_policy(policy, lambda loc, message, hint: doc.problem(loc, message, hint, severity="warning"))
+        lint_policy(policy, lambda loc, message, hint: doc.problem(loc, message, hint, severity="warning"),
+                    connectors=registry.connectors)
     return policy.with_version(doc.version, filename), doc.problems
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import timedelta
 from itertools import combinations
 
@@ -20,12 +20,26 @@ _SET_CONDITIONS = (
 )
 
 
-def lint_policy(policy: Policy, report: Report) -> None:
-    """Call ``report(location, message, hint)`` once per weak spot in ``policy``."""
+def lint_policy(policy: Policy, report: Report, *, connectors: Collection[str] | None = None) -> None:
+    """Call ``report(location, message, hint)`` once per weak spot in ``policy``.
+
+    :param connectors: the names of the installed connectors; by default the plugins' (a
+        notification channel whose kind names one sends through its connection).
+    """
     for check in (_accountable, _reachable, _matrix, _late_escalations, _notification_chain,
                   _overlapping_criteria):
         for loc, message, hint in check(policy):
             report(loc, message, hint)
+    names = _installed_connectors() if connectors is None else connectors
+    for loc, message, hint in _channel_connections(policy, names):
+        report(loc, message, hint)
+
+
+def _installed_connectors() -> frozenset[str]:
+    from escalier.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    return frozenset(spec.name for specs in pm.hook.register_connectors() for spec in specs or ())
 
 
 Finding = tuple[tuple[str | int, ...], str, str | None]
@@ -131,6 +145,21 @@ def _notification_chain(policy: Policy) -> Iterator[Finding]:
                 f"escalation only after {format_duration(until_accountable)}, past the "
                 f"acknowledge target of {format_duration(acknowledge)}",
                 "repeat more often or fewer times before climbing a level",
+            )
+
+
+def _channel_connections(policy: Policy, connectors: Collection[str]) -> Iterator[Finding]:
+    # A channel whose kind is a connector's sends through that connector's connection (mail for
+    # every ticket's notices); without one, its notices stay on each ticket's own system and its
+    # `to` addresses hear nothing.
+    for name, channel in policy.notifications.channels.items():
+        if channel.kind in connectors and channel.kind not in (policy.connectors or {}):
+            yield (
+                ("notifications", "channels", name, "kind"),
+                f"channel '{name}' is of kind '{channel.kind}' but no {channel.kind} connection is "
+                f"configured: its notices stay on each ticket's own system"
+                + (f" and {', '.join(channel.to)} hear nothing" if channel.to else ""),
+                f"configure connectors.{channel.kind}, or choose a channel kind that is",
             )
 
 

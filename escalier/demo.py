@@ -23,8 +23,10 @@ import shutil
 import signal
 import sys
 import tempfile
+import re
 import threading
 import time
+import urllib.request
 import uuid
 import webbrowser
 from collections import Counter
@@ -79,6 +81,8 @@ _ZENDESK_SEVERITY, _ZENDESK_USERS = 360000201, 360000202
 _ZENDESK_GROUPS = {"tier-1": 360000101, "tier-2": 360000102, "tier-3": 360000103}
 _PEOPLE_ZENDESK = {"mia": 360001, "priya": 360003, "tomas": 360004}
 _AMARA_JIRA = "5f9a3c2e7d1b4a0012ab34cd"  # her accountId in escalier/demo.yaml
+_ONCALL = "oncall@northwind.example"  # the oncall channel's address in escalier/demo.yaml
+_ACK_LINK = re.compile(r"(https?://\S+/ack/[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)")
 
 # What a newcomer sees of each decision; warnings, pauses and priority changes stay in the audit.
 _SHOWN = frozenset({
@@ -109,8 +113,9 @@ through its real path: signed webhook -> receiver -> store -> decision engine
   - a tier 1 ticket nobody picks up: acknowledge target breached, then moved
     to the specialists after 2 business hours unresolved;
   - a VIP customer with a high-severity problem: straight to the specialists;
-  - an outage hitting 240 users: tier 3 at once, paged every 5 minutes until
-    the on-call answers, then handed to engineering (the functional path);
+  - an outage hitting 240 users: tier 3 at once, paged by mail every 5
+    minutes until the on-call clicks the acknowledge link in the page, then
+    handed to engineering (the functional path);
   - a ticket missing its steps to reproduce: Escalier asks the customer in a
     comment, the customer answers, and the ticket moves;
   - a deadline conflict: a tag sends it to the Head of Support (hierarchical);
@@ -416,6 +421,20 @@ class _Day:
         """Resolve the scenario's issue."""
         self.jira.transition(self.tickets[scenario], "Done", as_user=who)
 
+    def acknowledge_page(self, scenario: str, address: str) -> None:
+        """Click (POST) the acknowledge link of the latest notice mail to ``address`` about the ticket."""
+        ticket = self.tickets[scenario]
+        pages = [m for m in self.mail.sent() if address in m.rcpt_tos and f" {ticket}," in m.subject]
+        if not pages:
+            raise RuntimeError(f"no notice about {ticket} reached {address}")
+        found = _ACK_LINK.search(pages[-1].message.get_content())
+        if found is None:
+            raise RuntimeError(f"the notice about {ticket} to {address} carries no acknowledge link")
+        request = urllib.request.Request(found.group(1), data=b"", method="POST",
+                                         headers={"Accept": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            answer.read()
+
     def zendesk_comment(self, scenario: str, who: str, text: str) -> None:
         """A public comment by an agent."""
         self.zendesk.add_comment(int(self.tickets[scenario]), text, as_user=who)
@@ -472,8 +491,9 @@ def _script() -> list[_Step]:
               lambda d: d.jira_issue("outage", "Outage: data sync stopped for all EU customers",
                                      "No data has synced since 09:05. All EU tenants are affected.",
                                      severity="critical", users=240)),
-        _Step("09:32", "repeat", "Tomas, on call, answers on the outage ticket (acknowledged: the pages stop)",
-              lambda d: d.jira_comment("outage", "tomas", "Looking at it now; the sync queue is stuck.")),
+        _Step("09:32", "repeat", "Tomas, on call, clicks the acknowledge link in his latest page "
+              "(acknowledged: the pages stop)",
+              lambda d: d.acknowledge_page("outage", "tomas@northwind.example")),
         _Step("09:45", "outage", "Tomas labels the outage bug-confirmed",
               lambda d: d.jira_label("outage", "tomas", "bug-confirmed")),
         _Step("09:55", "outage", "Tomas answers for engineering (acknowledged)",
@@ -654,6 +674,7 @@ def _play(report: DemoReport, terminal: _Terminal, stack: list[Callable[[], None
         "JIRA_API_TOKEN": _TOKEN, "JIRA_WEBHOOK_SECRET": secrets["jira"],
         "ZENDESK_API_TOKEN": _TOKEN, "ZENDESK_WEBHOOK_SECRET": secrets["zendesk"],
         "SMTP_PASSWORD": _MAIL_PASSWORD, "IMAP_PASSWORD": _MAIL_PASSWORD,
+        "ESCALIER_ACK_SECRET": uuid.uuid4().hex,
     }
     day = _Day(jira=jira, zendesk=zendesk, mail=mail, clock=clock)
     pm = get_plugin_manager(load_entrypoints=False)
@@ -923,11 +944,14 @@ def _check(day: _Day, history: Mapping[str, list[Mapping[str, Any]]], actions: l
         before = [e for e in found if e["kind"] == "notified"
                   and (acknowledged is None or e["at"] <= acknowledged["at"])]
         key = day.tickets["outage"]
-        pages = [n for n in day.jira.notifications() if n.get("issue") == key]
-        ok = bool(acknowledged and len(before) >= 3 and len(pages) >= len(before))
-        return ok, (f"{key}: {len(before)} notifications before "
-                    f"{'the acknowledgement at ' + _hhmm(acknowledged['at']) if acknowledged else 'no acknowledgement'}; "
-                    f"Jira received {len(pages)} notify requests for it in the day")
+        # The oncall channel's pages, by mail over SMTP: the opening page and each repeat.
+        pages = [m for m in day.mail.sent() if _ONCALL in m.rcpt_tos and f" {key}," in m.subject
+                 and (acknowledged is None or _aware(m.accepted_at) <= acknowledged["at"])]
+        by_link = acknowledged is not None and acknowledged["actor"] == "tomas"
+        ok = bool(acknowledged and by_link and len(before) >= 3 and len(pages) > len(before))
+        return ok, (f"{key}: {len(before)} repeats before "
+                    f"{'the acknowledgement by ' + str(acknowledged['actor']) + ' at ' + _hhmm(acknowledged['at']) if acknowledged else 'no acknowledgement'}"
+                    f"; {len(pages)} pages mailed to {_ONCALL} until then")
 
     def missing() -> tuple[bool, str]:
         found = entries("missing", "jira")

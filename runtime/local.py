@@ -87,6 +87,10 @@ class LocalDeployment:
         self._engine = create_store_engine(store_url)
         self.store = Store(self._engine)
         self.connections = build_connections(self.policy, self.pm, environ)
+        for connection in self.connections.values():
+            if hasattr(connection, "acknowledge_url"):
+                # Acknowledge links in mailed notices point at this deployment's own receiver.
+                connection.acknowledge_url = self.receiver_url
         timing: dict[str, Callable[..., Any]] = (
             {"clock": clock.now, "sleep": clock.sleep} if clock is not None else {}
         )

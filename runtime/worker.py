@@ -29,6 +29,11 @@ reads (a ticket a delivery does not carry, the changes of a reconciliation), so 
 used from both threads.
 :meth:`Worker.run_once`, and ``run(once=True)``, stay in one thread for deterministic tests.
 
+A notice whose channel's kind names a connector with a connection here (kind ``email`` and a mail
+connection) is queued for that connection, whatever the ticket's system, with its key and ticket
+id unchanged (:mod:`escalier.runtime.routing`); a ticket's claimed actions are then applied per
+connection, each group in the engine's order.
+
 A decision is committed in one transaction: the new state (optimistic ``version``), its audit rows,
 its outbox rows and its next timer. Upstream writes happen only after that commit, from the outbox,
 so a crash anywhere loses nothing; a connection checks a maybe-applied action upstream before
@@ -59,11 +64,12 @@ from sqlalchemy import Engine
 from escalier.core.connector import ActionBatch, ActionResult, Connection, DeliverySkipped, RawEvent
 from escalier.core.engine import Decision
 from escalier.core.errors import ConnectorError, PayloadError, PluginError, TransientError
-from escalier.core.model import EscalationState, TicketEvent, Timer
+from escalier.core.model import Action, EscalationState, TicketEvent, Timer
 from escalier.core.policy import Policy
 from escalier.plugins import notify_plugins
 from escalier.runtime.ratelimit import RateLimiter
 from escalier.runtime.retry import RetrySettings, build_retrying, requeue_delay
+from escalier.runtime.routing import route_notices
 from escalier.store import ClaimedAction, ClaimedBatch, ClaimedTimer, StaleStateError, Store, inbox
 
 __all__ = ["Pass", "Worker", "default_worker_id", "system_clock"]
@@ -181,6 +187,24 @@ class _Applier(threading.Thread):
         self.join()
 
 
+def _per_connection(batches: list[ClaimedBatch]) -> list[ClaimedBatch]:
+    """Each ticket's batch split by the connection its actions go to (a notice routed to mail).
+
+    The parts keep the engine's order, and the ticket's place in the urgency order.
+    """
+    split: list[ClaimedBatch] = []
+    for batch in batches:
+        first = (batch.system, batch.instance)
+        if all((item.action.system, item.action.instance) == first for item in batch.items):
+            split.append(batch)
+            continue
+        parts: dict[Account, list[ClaimedAction]] = {}
+        for item in batch.items:
+            parts.setdefault((item.action.system, item.action.instance), []).append(item)
+        split.extend(ClaimedBatch(batch.escalation_id, tuple(items)) for items in parts.values())
+    return split
+
+
 class Worker:
     """Claims work from the store, decides with ``decide``, and applies actions upstream."""
 
@@ -247,6 +271,8 @@ class Worker:
         self._turns: _Turns | None = None
         # Plugins hear from both of run()'s threads, one notification at a time.
         self._notify_lock = threading.Lock()
+        # The channel kinds plugins registered, for routing notices; read on first use.
+        self._channel_kinds: frozenset[str] | None = None
 
     @property
     def engine(self) -> Engine:
@@ -624,9 +650,21 @@ class Worker:
             escalation_id = tx.save_escalation(current, decision.state, self.clock())
             tx.append_audit(escalation_id, decision.history)
             first_seq = decision.state.action_seq - len(decision.actions) + 1
-            tx.enqueue_actions(escalation_id, decision.actions, first_seq=first_seq, now=self.clock())
+            tx.enqueue_actions(escalation_id, self._routed(decision.actions, decision.state),
+                               first_seq=first_seq, now=self.clock())
             tx.set_timer(escalation_id, decision.wake_at)
         return decision, escalation_id
+
+    def _routed(self, actions: Sequence[Action], state: EscalationState) -> Sequence[Action]:
+        """The actions as queued: each notice on the connection its channel's kind names."""
+        if not actions:
+            return actions
+        if self._channel_kinds is None:
+            self._channel_kinds = frozenset(
+                spec.kind for specs in self.pm.hook.register_notification_channels() for spec in specs or ()
+            )
+        return route_notices(actions, policy=self.policy(), state=state, kinds=self._channel_kinds,
+                             accounts=self.connections.keys(), now=self.clock())
 
     def _announce(self, decision: Decision, escalation_id: int | None) -> None:
         state = decision.state
@@ -657,9 +695,9 @@ class Worker:
 
         :returns: how many actions were handled: applied, failed, or given back to wait briefly.
         """
-        batches = self.store.claim_batches(
+        batches = _per_connection(self.store.claim_batches(
             self.worker_id, now=self.clock(), limit=self.batch_size, lease=self.lease
-        )
+        ))
         self._allowance = self.budget_wait
         short: set[Account] = set()
         held: set[Account] = set()

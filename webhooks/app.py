@@ -9,6 +9,11 @@ names. Its same-body de-duplication key covers what its signature covers: the bo
 signature covers no time (Jira), the signed timestamp and the body where it does (Zendesk), so two
 events whose templated bodies happen to be identical are two deliveries. A delivery id never goes
 into that key: no sender signs it, so a replay could change it at will.
+
+Where acknowledge links are configured (``ReceiverSettings.ack_secrets``), ``/ack/<token>`` serves
+them (:mod:`escalier.webhooks.ack`): a GET answers a confirmation page and changes nothing, a POST
+checks the link against the escalation (the same move and tier, still open) and stores the click
+in the inbox as source ``ack``, before answering, like a delivery.
 """
 
 from __future__ import annotations
@@ -33,11 +38,21 @@ from werkzeug.exceptions import HTTPException
 
 from escalier.core.errors import PluginError, StoreError
 from escalier.core.extensions import OwnIdentity, WebhookRejected, WebhookSpec
+from escalier.core.model import EscalationState, EscalationStatus
 from escalier.plugins import get_plugin_manager
 from escalier.store.database import create_store_engine, ensure_schema
 from escalier.store.inbox import Delivery, GroupCommitter
-from escalier.store.schema import inbox
+from escalier.store.schema import escalations, inbox
 from escalier.webhooks import _metrics
+from escalier.webhooks.ack import (
+    ACK_SOURCE,
+    AckClaim,
+    AckRefused,
+    delivery_body,
+    delivery_id as ack_delivery_id,
+    page,
+    read_ack_token,
+)
 from escalier.webhooks.dashboard import dashboard_blueprint
 from escalier.webhooks.settings import DEFAULT_KEPT_HEADERS, ReceiverSettings
 from escalier.webhooks.verification import Rejected
@@ -122,6 +137,8 @@ def create_app(settings: ReceiverSettings, *, plugin_manager: pluggy.PluginManag
     app.add_url_rule("/metrics", "metrics", _metrics_view, methods=["GET"])
     if settings.dashboard:
         app.register_blueprint(dashboard_blueprint())
+    if settings.ack_secrets:
+        app.register_blueprint(_ack_blueprint())
     app.wsgi_app = _RequestIds(app.wsgi_app)  # type: ignore[method-assign]
     app.register_error_handler(Rejected, _rejected)
     app.register_error_handler(WebhookRejected, _rejected)
@@ -143,6 +160,119 @@ def _blueprint(spec: WebhookSpec) -> Blueprint:
     blueprint.add_url_rule("", "receive_default", receive_default, methods=["POST"])
     blueprint.add_url_rule("/<instance>", "receive", receive, methods=["POST"])
     return blueprint
+
+
+def _ack_blueprint() -> Blueprint:
+    """``/ack/<token>``: GET shows what the link acknowledges and changes nothing; POST acknowledges."""
+    blueprint = Blueprint("ack", __name__, url_prefix="/ack")
+    blueprint.add_url_rule("/<token>", "confirm", _ack_confirm, methods=["GET"])
+    blueprint.add_url_rule("/<token>", "acknowledge", _ack_acknowledge, methods=["POST"])
+    return blueprint
+
+
+def _ack_check(token: str) -> tuple[AckClaim, EscalationState]:
+    """The link's claim and the escalation it is for, or :class:`AckRefused`."""
+    receiver = _receiver()
+    g.source = ACK_SOURCE
+    receiver.counters.inc("escalier_webhooks_received_total", source=ACK_SOURCE)
+    claim = read_ack_token(token, receiver.settings.ack_secrets, receiver.settings.clock())
+    with receiver.engine.connect() as conn:
+        value = conn.execute(
+            select(escalations.c.state).where(
+                escalations.c.system == claim.system, escalations.c.instance == claim.instance,
+                escalations.c.ticket_id == claim.ticket_id,
+            )
+        ).scalar()
+    if value is None:
+        raise AckRefused("unknown_ticket", f"Escalier has no escalation of {claim.system} "
+                         f"{claim.ticket_id}", status=404)
+    state = (EscalationState.model_validate_json(value) if isinstance(value, (str, bytes))
+             else EscalationState.model_validate(value))
+    if state.status is not EscalationStatus.OPEN:
+        raise AckRefused("not_open", f"{claim.system} {claim.ticket_id} is {state.status.value}: "
+                         "there is nothing left to acknowledge", status=409)
+    if (state.moves, state.tier) != (claim.move, claim.tier):
+        raise AckRefused("superseded", f"{claim.system} {claim.ticket_id} has moved on since this "
+                         f"notice (now at tier {state.tier}); the latest notice carries a link of "
+                         "its own", status=409)
+    return claim, state
+
+
+def _ack_refused(exc: AckRefused, *, html: bool) -> Response:
+    receiver = _receiver()
+    receiver.counters.inc("escalier_webhooks_rejected_total", source=ACK_SOURCE, reason=exc.code)
+    log.warning("ack.rejected", extra={"request_id": _request_id(), "reason": exc.code,
+                                       "status": exc.status})
+    if html:
+        return Response(page("This link cannot acknowledge", exc.reason), status=exc.status,
+                        mimetype="text/html")
+    return _error(exc.status, exc.code, exc.reason)
+
+
+def _what(claim: AckClaim) -> str:
+    return f"tier {claim.tier} of {claim.system} {claim.ticket_id}"
+
+
+def _ack_confirm(token: str) -> Response:
+    # A GET changes nothing: mail scanners and link previews follow every link they see.
+    try:
+        claim, state = _ack_check(token)
+    except AckRefused as exc:
+        return _ack_refused(exc, html=True)
+    done = state.notification.acknowledged
+    if done is not None:
+        text = f"{done.by} acknowledged {_what(claim)} at {done.at:%Y-%m-%d %H:%M} UTC; nothing is left to do."
+        return Response(page("Already acknowledged", text), mimetype="text/html")
+    subject = state.ticket.subject or claim.ticket_id
+    text = (f"Acknowledge {_what(claim)} ({subject}) as {claim.person}? The repeated notices stop; "
+            "the resolve clock runs on.")
+    return Response(page("Acknowledge this escalation", text, form_action=request.path),
+                    mimetype="text/html")
+
+
+def _ack_acknowledge(token: str) -> Response:
+    """Store the click like a webhook (durably, before answering); the worker acknowledges."""
+    wants_html = _prefers_html()
+    try:
+        claim, state = _ack_check(token)
+    except AckRefused as exc:
+        return _ack_refused(exc, html=wants_html)
+    receiver = _receiver()
+    done = state.notification.acknowledged
+    if done is not None:
+        if wants_html:
+            text = f"{done.by} acknowledged {_what(claim)} already; nothing is left to do."
+            return Response(page("Already acknowledged", text), mimetype="text/html")
+        return _status(200, status="already_acknowledged", by=done.by, at=done.at.isoformat())
+    delivery = Delivery(
+        source=ACK_SOURCE,
+        instance=claim.instance,
+        body=delivery_body(claim),
+        headers=_kept_headers(request.environ, receiver.kept_headers),
+        received_at=receiver.settings.clock(),
+        delivery_id=ack_delivery_id(token),
+        event_type="acknowledged",
+    )
+    outcome = receiver.committer.accept(delivery)
+    context = {"request_id": _request_id(), "system": claim.system, "instance": claim.instance,
+               "ticket_id": claim.ticket_id, "tier": claim.tier, "inbox_id": outcome.id}
+    if outcome.status == "duplicate":
+        receiver.counters.inc("escalier_webhooks_duplicates_total", source=ACK_SOURCE)
+        log.info("ack.duplicate", extra=context)
+        status, code = 200, "duplicate"
+    else:
+        log.info("ack.accepted", extra=context)
+        status, code = 202, "accepted"
+    if wants_html:
+        text = f"Thank you: {_what(claim)} is acknowledged as {claim.person}. The repeated notices stop."
+        return Response(page("Acknowledged", text), status=status, mimetype="text/html")
+    return _status(status, status=code, id=outcome.id, ticket_id=claim.ticket_id, tier=claim.tier)
+
+
+def _prefers_html() -> bool:
+    """A browser's form post wants a page back; any other client JSON."""
+    accept = request.accept_mimetypes
+    return accept["text/html"] > accept["application/json"]
 
 
 def _receiver() -> Receiver:

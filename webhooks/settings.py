@@ -59,6 +59,8 @@ class ReceiverSettings:
     ``dashboard`` serves the read-only dashboard at ``/dashboard/``: to loopback without a token,
     beyond it only with ``dashboard_token``; ``policy`` names its tiers and people and measures
     its business time (:meth:`from_policy` sets it).
+    ``ack_secrets`` verify acknowledge links (``/ack/<token>``, served only when there is one): the
+    mail connector's ``acknowledge_links.secrets``, current first.
     """
 
     store_url: str
@@ -79,6 +81,7 @@ class ReceiverSettings:
     dashboard_token: str | None = field(default=None, repr=False)
     dashboard_refresh_seconds: int = 30
     policy: Any = field(default=None, repr=False, compare=False)
+    ack_secrets: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if self.dedupe_window < self.payload_max_age:
@@ -91,6 +94,7 @@ class ReceiverSettings:
         object.__setattr__(self, "kept_headers", frozenset(h.lower() for h in self.kept_headers))
         object.__setattr__(self, "secrets", _frozen(self.secrets))
         object.__setattr__(self, "identities", _frozen(self.identities))
+        object.__setattr__(self, "ack_secrets", tuple(str(s) for s in self.ack_secrets))
 
     @classmethod
     def from_policy(
@@ -147,7 +151,42 @@ class ReceiverSettings:
                 identity = getattr(site, identity_field)
                 if identity is not None:
                     identities[(name, instance)] = (str(identity),)
+        ack_secrets = _ack_secrets(policy, environ, source, problems)
         if problems:
             raise ConfigError(problems)
+        if ack_secrets:
+            options.setdefault("ack_secrets", ack_secrets)
         options.setdefault("policy", policy)
         return cls(store_url=store_url, secrets=secrets, identities=identities, **options)
+
+
+def _ack_secrets(
+    policy: Any, environ: Mapping[str, str], source: str, problems: list[ConfigProblem]
+) -> tuple[str, ...]:
+    """The secrets that verify acknowledge links: the mail connector's ``acknowledge_links``."""
+    from escalier.connectors.email.config import EmailConfig
+
+    section = (policy.connectors or {}).get("email")
+    if section is None:
+        return ()
+    try:
+        config = EmailConfig.model_validate(section)
+    except ValidationError as exc:
+        for error in exc.errors():
+            path = ".".join(str(part) for part in ("connectors", "email", *error["loc"]))
+            problems.append(ConfigProblem(source, None, path, error["msg"]))
+        return ()
+    links = config.acknowledge_links
+    if links is None:
+        return ()
+    found: list[str] = []
+    for index, ref in enumerate(links.secrets):
+        try:
+            found.append(ref.reveal(environ))
+        except KeyError:
+            problems.append(ConfigProblem(
+                source, None, f"connectors.email.acknowledge_links.secrets[{index}]",
+                f"the environment variable {ref.env} is not set",
+                hint="export it before starting the receiver",
+            ))
+    return tuple(found)

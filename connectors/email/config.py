@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Annotated, Any
 
 from escalier.connectors._config import ConnectorSettings, StrictModel
-from escalier.core.policy import SecretRef
+from escalier.core.policy import Duration, SecretRef
 from pydantic import Field
 
-__all__ = ["EmailConfig", "EmailTarget", "ImapSettings", "SmtpSettings", "check_target"]
+__all__ = [
+    "AcknowledgeLinks",
+    "EmailConfig",
+    "EmailTarget",
+    "ImapSettings",
+    "MailChannelOptions",
+    "SmtpSettings",
+    "check_target",
+]
 
 _ADDRESS = r"^[^@\s]+@[^@\s]+$"
 _DOMAIN = r"^[^@\s]+\.[^@\s]+$"
@@ -52,6 +61,30 @@ class ImapSettings(StrictModel):
     max_message_bytes: int = Field(default=50 * 2**20, ge=1024)
 
 
+class AcknowledgeLinks(StrictModel):
+    """Signed acknowledge links in notices that repeat until acknowledged."""
+
+    url: str = Field(
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description="the receiver's public address; a link is <url>/ack/<token>",
+        examples=["https://escalier.northwind.example"],
+    )
+    secrets: list[SecretRef] = Field(
+        min_length=1,
+        description="HMAC secrets: the first signs, every one verifies (to rotate, put the new one first)",
+    )
+    valid_for: Duration = Field(
+        default=timedelta(days=3), description="how long after the notice its link works"
+    )
+
+
+class MailChannelOptions(StrictModel):
+    """Options of a mail notification channel (``notifications.channels.<name>.options``)."""
+
+    subject_prefix: str = "[escalation]"
+    instance: str = Field(default="default", description="the mail connection the notices go through")
+
+
 class EmailConfig(ConnectorSettings):
     """Mail in and out for customers who are served by email alone."""
 
@@ -82,6 +115,11 @@ class EmailConfig(ConnectorSettings):
     )
     max_attachment_bytes: int = Field(
         default=10 * 2**20, ge=0, description="a larger part is counted, never decoded"
+    )
+    acknowledge_links: AcknowledgeLinks | None = Field(
+        default=None,
+        description="put a signed acknowledge link, served by the receiver, in every notice sent "
+        "while its escalation step is unacknowledged",
     )
 
 

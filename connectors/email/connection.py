@@ -9,7 +9,10 @@ touches the network. What each action becomes:
 - ``comment``: public, a reply to the customer in the thread (``In-Reply-To`` and ``References``
   from the thread's ticket, ``Re: ... [ESC-...]``); internal, a note to the tier's address;
 - ``notify``: a mail to the action's recipients (identical notices of one batch, one per
-  channel, go out once);
+  channel, go out once); a notice the worker routed here from its channel (its ``target`` holds
+  ``notice``, see :mod:`escalier.runtime.routing`), of a mail thread or of any other system's
+  ticket, is one mail per address: the channel's ``to`` and the people named, each told the
+  RACI role they play, with a signed acknowledge link while the step is unacknowledged;
 - ``add_tags``, ``remove_tags``, ``set_priority``, ``transition``: no mail; they live in
   Escalier's store (``applied`` with a detail saying so);
 - ``add_watchers``: not supported for mail threads (``applied=False`` with a detail).
@@ -18,6 +21,14 @@ touches the network. What each action becomes:
 ``{system}:{instance}:{ticket}:{seq}``, whatever its kind) also sends the customer a reply that
 gives them their ticket token. The engine places a new ticket at its first tier without a comment,
 so the connector is where a thread's first reply is known.
+
+**Notices of other systems' tickets.** A routed notice of a Jira or Zendesk ticket is a
+standalone mail: no thread, no reply headers, no acknowledgement to a customer. Its subject names
+the ticket (system, id, subject), its tier and the recipient's role; its ``Message-ID`` comes from
+the action key and the address, so each address gets one mail per notice whatever the retries.
+With ``acknowledge_links`` set, a notice sent while its step is unacknowledged carries
+``<url>/ack/<token>`` (:mod:`escalier.webhooks.ack`), made for that recipient and valid for
+``valid_for`` from the notice's decision.
 
 **Our mails.** Each carries a ``Message-ID`` of our own, ``<escalier.{hash of the action key}@
 {from domain}>``, the same for the same action whenever it is sent; ``Auto-Submitted:
@@ -54,7 +65,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
@@ -73,9 +84,11 @@ from escalier.core.errors import (
     StoreError,
     TransientError,
 )
+from escalier.connectors.email.config import MailChannelOptions
 from escalier.core.model import Action, ActionKind, Ticket
 from escalier.core.policy import Person
 from escalier.core.templates import MARKER
+from pydantic import ValidationError
 from sqlalchemy import Engine
 
 __all__ = [
@@ -100,6 +113,13 @@ _NO_MAIL = {
     ActionKind.SET_PRIORITY: "the priority lives in Escalier's store; no mail",
     ActionKind.TRANSITION: "a mail thread has no status upstream; no mail",
 }
+_SYSTEM_NAMES = {"jira": "Jira", "zendesk": "Zendesk", "email": "Mail"}
+_ROLE_MEANING = {
+    "Responsible": "you work the ticket at this step",
+    "Accountable": "you answer for this step",
+    "Consulted": "your advice may be asked",
+    "Informed": "you are kept informed",
+}
 
 
 def message_id_for(key: str, from_address: str) -> str:
@@ -121,6 +141,28 @@ def _addresses(values: Iterable[Any]) -> list[str]:
         if "@" in address and address.lower() not in {a.lower() for a in found}:
             found.append(address)
     return found
+
+
+def _notice_of(action: Action) -> Mapping[str, Any] | None:
+    """What the worker's routing says about a notice (``target.notice``), or None."""
+    notice = (action.target or {}).get("notice")
+    return notice if isinstance(notice, Mapping) else None
+
+
+def _own_ticket(action: Action) -> bool:
+    """True when the action is of a mail thread's escalation (its key starts ``email:``)."""
+    return action.key.partition(":")[0] == SYSTEM
+
+
+def _notice_subject(prefix: str, ticket: Mapping[str, Any], notice: Mapping[str, Any], role: str,
+                    *, own: bool) -> str:
+    """``[escalation] Jira SUP-3, tier 3 (Critical response): Outage ... - you are Responsible``."""
+    label = _SYSTEM_NAMES.get(str(ticket.get("system")), str(ticket.get("system")))
+    named = label if own else f"{label} {ticket.get('id')}"
+    subject = " ".join(str(ticket.get("subject") or "(no subject)").split())
+    head = f"{prefix} " if prefix else ""
+    return (f"{head}{named}, tier {notice.get('tier')} ({notice.get('tier_name')}): {subject}"
+            f" - you are {role}")
 
 
 def _reply_subject(subject: str) -> str:
@@ -300,6 +342,12 @@ class EmailConnection:
         self._lock = threading.Lock()
         self._bouncing: set[str] = set()
         self._replies: dict[str, deque[float]] = {}
+        links = getattr(config, "acknowledge_links", None)
+        # The receiver's public address; a deployment that learns its address only once it
+        # listens (a local one on a free port) sets it before the first notice.
+        self.acknowledge_url: str | None = links.url.rstrip("/") if links is not None else None
+        self._ack_secret = self._secret(links.secrets[0], environ) if links is not None else None
+        self._ack_valid_for: timedelta | None = links.valid_for if links is not None else None
 
     def _secret(self, secret: Any, environ: Mapping[str, str]) -> str | None:
         if secret is None:
@@ -533,11 +581,17 @@ class EmailConnection:
         details: list[str] = []
         applied = False
         calls = 0
+        refused: RejectedError | None = None
         for mail in mails:
             done, detail, error = outcome.get(mail.key, (False, "not sent", None))
             if error is not None and mail.kind == "ack" and isinstance(error, RejectedError):
                 # The customer's server refused the acknowledgement: the action itself stands.
                 details.append(f"acknowledgement refused: {error}")
+                continue
+            if error is not None and mail.kind == "notice" and isinstance(error, RejectedError):
+                # One refused address does not make the others' notices unsent.
+                details.append(f"refused: {error}")
+                refused = refused or error
                 continue
             if error is not None:
                 return ActionResult(applied=False, detail=str(error), error=error)
@@ -548,6 +602,9 @@ class EmailConnection:
             if done and mail.key not in counted:
                 counted.add(mail.key)
                 calls += 1
+        if refused is not None and not applied and not any(
+                outcome.get(m.key, (False, "", None))[1].startswith("already sent") for m in mails):
+            return ActionResult(applied=False, detail=str(refused), error=refused)
         return ActionResult(applied=applied, detail="; ".join(details), calls=calls)
 
     def _smtp_opener(self) -> Callable[[], smtplib.SMTP]:
@@ -633,10 +690,13 @@ class EmailConnection:
         notices: dict[tuple[tuple[str, ...], str], _Mail] = {}
         internal: list[Action] = []
         notify: list[Action] = []
+        routed: list[Action] = []
         for action in batch.actions:
-            if _sequence(action.key) == 1:
+            if _sequence(action.key) == 1 and _own_ticket(action):
                 mails.append(self._acknowledgement(action, thread))
-            if action.kind in _NO_MAIL:
+            if action.kind is ActionKind.NOTIFY and _notice_of(action) is not None:
+                routed.append(action)
+            elif action.kind in _NO_MAIL:
                 results[action.key] = ActionResult(applied=True, detail=_NO_MAIL[action.kind])
             elif action.kind is ActionKind.ADD_WATCHERS:
                 results[action.key] = ActionResult(
@@ -697,11 +757,89 @@ class EmailConnection:
                          body=body, keys=[action.key], references=thread.references_all())
             notices[(tuple(a.lower() for a in recipients), body)] = mail
             mails.append(mail)
+        by_address: dict[tuple[str, str], _Mail] = {}
+        for action in routed:
+            mails.extend(self._notice_mails(action, thread, by_address, results))
         for mail in mails:
             mail.body = mail.body.replace("\n\n" + _NOTES, "").replace(_NOTES, "")
         order = {action.key: n for n, action in enumerate(batch.actions)}
         mails.sort(key=lambda m: (order.get(m.keys[0], 0), m.kind != "ack"))
         return mails
+
+    def _notice_mails(self, action: Action, thread: _Thread, by_address: dict[tuple[str, str], _Mail],
+                      results: dict[str, ActionResult]) -> list[_Mail]:
+        """One mail per address of a routed notice; an address the batch already tells the same
+        thing (another channel's copy of the notice) gets no second mail."""
+        notice = _notice_of(action) or {}
+        try:
+            options = MailChannelOptions.model_validate(notice.get("options") or {})
+        except ValidationError:
+            options = MailChannelOptions()
+        ticket = notice.get("ticket") or {}
+        own = _own_ticket(action)
+        body = _strip_marker(action.body or "")
+        found: list[_Mail] = []
+        for entry in notice.get("to") or ():
+            address = str(entry.get("address") or "")
+            if "@" not in address:
+                continue
+            same = by_address.get((address.lower(), body))
+            if same is not None:
+                same.keys.append(action.key)
+                continue
+            role = str(entry.get("role") or "Informed")
+            subject = _notice_subject(options.subject_prefix, ticket, notice, role, own=own)
+            text = self._notice_body(body, entry, ticket, notice, role)
+            mail = _Mail(key=f"{action.key}/{address.lower()}", kind="notice", to=[address], cc=[],
+                         subject=subject_with_token(subject, thread.token) if own else subject,
+                         body=text, keys=[action.key],
+                         references=thread.references_all() if own else [])
+            by_address[(address.lower(), body)] = mail
+            found.append(mail)
+        if not found and not any(action.key in m.keys for m in by_address.values()):
+            results[action.key] = ActionResult(applied=False, detail="no recipient has an email address")
+        return found
+
+    def _notice_body(self, body: str, entry: Mapping[str, Any], ticket: Mapping[str, Any],
+                     notice: Mapping[str, Any], role: str) -> str:
+        label = _SYSTEM_NAMES.get(str(ticket.get("system")), str(ticket.get("system")))
+        tier = notice.get("tier")
+        place = f"tier {tier} ({notice.get('tier_name')})"
+        meaning = _ROLE_MEANING.get(role, "you are kept informed")
+        lines = [body, "", f"You receive this as {role} ({meaning}) for {label} {ticket.get('id')} "
+                 f"\"{ticket.get('subject') or ''}\", now at {place}."]
+        link = self._acknowledge_link(entry, ticket, notice)
+        if link is not None:
+            url, expires = link
+            lines += ["", f"Acknowledge it, as {entry.get('name') or entry.get('person')}, to stop the "
+                      "repeated notices:", f"  {url}",
+                      f"The link works until {expires:%Y-%m-%d %H:%M} UTC, for this step of the "
+                      "escalation only."]
+        elif notice.get("acknowledge"):
+            lines += ["", "A public answer on the ticket acknowledges it and stops the repeated notices."]
+        return "\n".join(lines)
+
+    def _acknowledge_link(self, entry: Mapping[str, Any], ticket: Mapping[str, Any],
+                          notice: Mapping[str, Any]) -> tuple[str, datetime] | None:
+        """The signed link for one recipient of a notice, and when it expires; None without one."""
+        if not notice.get("acknowledge") or not self.acknowledge_url or not self._ack_secret:
+            return None
+        from escalier.webhooks.ack import AckClaim, ack_path, sign_ack_token
+
+        try:
+            issued = datetime.fromisoformat(str(notice["issued_at"]))
+            claim = AckClaim(
+                system=str(ticket["system"]), instance=str(ticket.get("instance") or "default"),
+                ticket_id=str(ticket["id"]), move=int(notice["move"]), tier=int(notice["tier"]),
+                person=str(entry.get("person") or entry["address"]),
+                expires_at=(issued + (self._ack_valid_for or timedelta(days=3))).astimezone(UTC)
+                .replace(microsecond=0),
+            )
+        except (KeyError, TypeError, ValueError):
+            log.warning("email.notice.no_link", extra={"instance": self.instance,
+                                                       "reason": "the notice does not say its step"})
+            return None
+        return f"{self.acknowledge_url}{ack_path(sign_ack_token(claim, self._ack_secret))}", claim.expires_at
 
     def _group(self, action: Action) -> tuple[list[str], list[str]]:
         target = action.target or {}

@@ -7,6 +7,12 @@ Mail comes in two ways, both into the inbox table as source ``email``: the share
 over IMAP by the worker's reconciliation of each mail connection
 (``list_changes_for_connector`` stores the unprocessed messages and marks them; the inbox pass
 then parses them), and mail an MTA pushes to :class:`~escalier.connectors.email.inbound.LmtpReceiver`.
+
+Mail as a notification channel (kind ``email``): the worker routes a notice on such a channel to
+the mail connection, whatever the ticket's system; a notice that repeats until acknowledged
+carries a signed acknowledge link, which the receiver serves at ``/ack/<token>`` and stores as an
+inbox row of source ``ack``. This plugin parses those rows too
+(:func:`escalier.webhooks.ack.parse_acknowledgement`): the links are the mail channel's.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from escalier.connectors.email import config, events
-from escalier.connectors.email.config import EmailConfig
+from escalier.connectors.email.config import EmailConfig, MailChannelOptions
 from escalier.connectors.email.connection import EmailConnection, send_notification
 from escalier.connectors.email.message import read_message
 from escalier.connectors.email.sandbox import MailSandbox
@@ -33,7 +39,7 @@ from escalier.core.extensions import ChannelSpec
 from escalier.core.hookspecs import hookimpl
 from escalier.core.model import Action, TicketEvent
 from escalier.core.policy import Person
-from pydantic import BaseModel, ConfigDict
+from escalier.webhooks.ack import ACK_SOURCE, parse_acknowledgement
 
 __all__ = [
     "MailChannelOptions",
@@ -45,14 +51,6 @@ __all__ = [
     "register_connectors",
     "register_notification_channels",
 ]
-
-
-class MailChannelOptions(BaseModel):
-    """Options of a mail notification channel."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    subject_prefix: str = "[escalation]"
 
 
 def _settings(settings: Any, instance: str) -> Any:
@@ -109,7 +107,10 @@ def register_notification_channels() -> list[ChannelSpec]:
 def parse_event_for_connector(
     raw: RawEvent, config: Any, connection: Any
 ) -> list[TicketEvent] | None:
-    """Parse a stored mail; a bounce marks its failed addresses on the connection."""
+    """Parse a stored mail (a bounce marks its failed addresses on the connection), or the click
+    of an acknowledge link (source ``ack``)."""
+    if raw.source == ACK_SOURCE:
+        return parse_acknowledgement(raw)
     if raw.source != "email":
         return None
     site = _settings(config, raw.instance) if config is not None else None
