@@ -437,20 +437,39 @@ class EmailConnection:
             return None
         with self._lock:
             if self._reader is None:
-                engine = self._store_engine
-                if engine is None and self._store_url:
-                    from escalier.store import create_store_engine
-
-                    engine = self._own_engine = create_store_engine(self._store_url)
-                if engine is None:
-                    raise ConnectorError(
-                        f"{self.name}: no store to read mail into: set ESCALIER_DB, or attach the "
-                        "worker's store", system=SYSTEM,
-                    )
-                self._reader = MailboxReader(imap, self._imap_environ, store_engine=engine,
-                                             instance=self.instance, timeout=self.timeout,
-                                             ssl_context=self._ssl_context)
+                self._reader = self._new_reader(imap)
             return self._reader
+
+    def listen(self, halt: threading.Event) -> None:
+        """Store new mail as it comes, until ``halt``: in IMAP IDLE, or polling every ``poll_seconds``.
+
+        The worker runs this in a thread of its own, on an IMAP connection of its own; the
+        reconciliation's poll stays as the safety net (both store, then mark, so a message both
+        see is stored once). Without ``imap`` settings it returns at once.
+        """
+        imap = self.config.imap
+        if imap is None:
+            return
+        with self._lock:
+            reader = self._new_reader(imap)
+        reader.run(halt)
+
+    def _new_reader(self, imap: Any) -> MailboxReader:
+        """A reader into the attached store (or one opened from ESCALIER_DB); call with the lock."""
+        engine = self._store_engine
+        if engine is None and self._store_url:
+            if self._own_engine is None:
+                from escalier.store import create_store_engine
+
+                self._own_engine = create_store_engine(self._store_url)
+            engine = self._own_engine
+        if engine is None:
+            raise ConnectorError(
+                f"{self.name}: no store to read mail into: set ESCALIER_DB, or attach the "
+                "worker's store", system=SYSTEM,
+            )
+        return MailboxReader(imap, self._imap_environ, store_engine=engine, instance=self.instance,
+                             timeout=self.timeout, ssl_context=self._ssl_context)
 
     def changes_since(self, cursor: str | None, now: datetime) -> Changes | None:
         """Poll the mailbox into the inbox; the worker's inbox pass parses what was stored.

@@ -7,6 +7,7 @@ mocked; time is a fake clock that the worker and the engine share.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -145,3 +146,29 @@ def test_a_customer_mail_is_acknowledged_escalated_by_its_time_box_and_a_vacatio
         assert len(rig.outbox_rows()) == outbox_before
         assert len(sandbox.sent()) == sent_before
         assert len(inbox_of(mailboxes, "alice")) == 1
+
+
+def test_the_running_worker_hears_new_mail_in_idle_before_its_next_look(tmp_path):
+    # The fake clock stands still: the worker's look into the mailbox (every minute) happens only
+    # at start-up, so a mail stored later came through the listener in IMAP IDLE.
+    clock = FakeClock(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    with mail_rig(tmp_path, clock) as (rig, sandbox, mailboxes):
+        rig.run_worker()
+        time.sleep(1.0)  # the start-up look found an empty mailbox; the listener waits in IDLE
+        assert rig.inbox_rows() == []
+        sent = time.monotonic()
+        mailboxes.deliver(customer_mail(
+            message_id="<idle-1@customer.example>", sender="Alice Customer <alice@northwind.example>",
+            subject="Login loops back to the start page", date=clock.now(),
+            body="Hello,\n\nafter the update the login page loops.\n",
+        ))
+        deadline = sent + 10
+        while not [r for r in rig.inbox_rows() if r.state == "done"]:
+            assert time.monotonic() < deadline, "the mail was not read within 10 s"
+            time.sleep(0.05)
+        heard_in = time.monotonic() - sent
+        rig.stop_worker()
+        [stored] = rig.inbox_rows()
+        assert stored.delivery_id == "<idle-1@customer.example>"
+        assert heard_in < 5.0, heard_in
+        assert all("$EscalierDone" in flags for flags, _ in mailboxes.messages("support"))
