@@ -26,6 +26,8 @@ __all__ = [
     "dead_letters",
     "escalations",
     "inbox",
+    "mail_bounces",
+    "mail_replies",
     "metadata",
     "outbox",
     "sync_cursors",
@@ -163,4 +165,24 @@ sync_cursors = Table(
     Column("claimed_until", DateTime(timezone=True), nullable=True),
     Column("synced_at", DateTime(timezone=True), nullable=True),
     Column("last_error", Text, nullable=True),
+)
+
+# Mail: addresses a bounce named, and the automatic replies sent to each address, so that every
+# worker, and a restarted one, honours a bounce and the hourly limit of replies to one address.
+mail_bounces = Table(
+    "mail_bounces",
+    metadata,
+    Column("instance", String(128), primary_key=True),
+    Column("address", String(320), primary_key=True),
+    Column("marked_at", DateTime(timezone=True), nullable=False),
+)
+
+mail_replies = Table(
+    "mail_replies",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("instance", String(128), nullable=False),
+    Column("address", String(320), nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=False),
+    Index("ix_mail_replies_address", "instance", "address", "sent_at"),
 )

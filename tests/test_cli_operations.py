@@ -36,7 +36,7 @@ def test_db_upgrade_status_and_dlq_on_a_fresh_store(tmp_path):
     url = f"sqlite:///{tmp_path / 'store.db'}"
     upgraded = run("db", "upgrade", "--db", url)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "at revision 0002" in upgraded.stdout
+    assert "at revision 0003" in upgraded.stdout
     status = run("status", "--db", url, "--json")
     assert status.returncode == 0, status.stderr
     counts = json.loads(status.stdout)

@@ -44,8 +44,10 @@ show once.
 **Loops.** Mails to customers (acknowledgements and public comments) are never sent to an
 address marked as bouncing (:meth:`EmailConnection.mark_bouncing`, which the plugin calls for
 each bounce it parses), to our own address, or in reply to a thread whose ticket says it was
-automatic; and at most ``auto_replies_per_hour`` (5) go to one address an hour. A mail held back
-this way is reported ``applied=False`` with the reason, never an error: retrying cannot help.
+automatic; and at most ``auto_replies_per_hour`` (5) go to one address an hour. Bounces and
+replies are remembered in the store (:mod:`~escalier.connectors.email.marks`), so a restarted
+worker and every node of several honour them. A mail held back this way is reported
+``applied=False`` with the reason, never an error: retrying cannot help.
 
 **Errors** are translated in one place (:func:`_smtp_error`): 4xx answers, dropped connections and
 timeouts are :class:`TransientError`; 5xx answers :class:`RejectedError` (a refused recipient too:
@@ -62,7 +64,6 @@ import socket
 import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -73,6 +74,7 @@ from email.utils import format_datetime, getaddresses
 from typing import Any
 
 from escalier.connectors.email.inbound import MailboxReader, open_imap
+from escalier.connectors.email.marks import AddressMarks
 from escalier.connectors.email.message import subject_with_token
 from escalier.core.connector import ActionBatch, ActionResult, Changes
 from escalier.core.errors import (
@@ -340,8 +342,8 @@ class EmailConnection:
         self._own_engine: Engine | None = None
         self._reader: MailboxReader | None = None
         self._lock = threading.Lock()
-        self._bouncing: set[str] = set()
-        self._replies: dict[str, deque[float]] = {}
+        self._marks_in_memory = AddressMarks(None, instance, clock=clock, monotonic=monotonic)
+        self._marks_in_store: AddressMarks | None = None
         links = getattr(config, "acknowledge_links", None)
         # The receiver's public address; a deployment that learns its address only once it
         # listens (a local one on a free port) sets it before the first notice.
@@ -493,12 +495,28 @@ class EmailConnection:
 
     # --- loop protection ---------------------------------------------------------------------------
 
+    def _marks(self) -> AddressMarks:
+        """Bounces and replies per address: in the store when there is one, else in memory."""
+        with self._lock:
+            engine = self._store_engine
+            if engine is None and self._store_url:
+                if self._own_engine is None:
+                    from escalier.store import create_store_engine
+
+                    self._own_engine = create_store_engine(self._store_url)
+                engine = self._own_engine
+            if engine is None:
+                return self._marks_in_memory
+            if self._marks_in_store is None or self._marks_in_store.engine is not engine:
+                self._marks_in_store = AddressMarks(engine, self.instance, clock=self._clock,
+                                                    monotonic=self._monotonic)
+            return self._marks_in_store
+
     def mark_bouncing(self, addresses: Iterable[str]) -> None:
-        """Send no more automatic mail to ``addresses`` (a bounce named them)."""
+        """Send no more automatic mail to ``addresses`` (a bounce named them), on any worker."""
         found = {a.lower() for a in _addresses(addresses)}
         if found:
-            with self._lock:
-                self._bouncing |= found
+            self._marks().mark_bouncing(found)
             log.info("email.address.bouncing", extra={"instance": self.instance,
                                                       "addresses": sorted(found)})
 
@@ -512,28 +530,24 @@ class EmailConnection:
         own = self.from_address.lower()
         if own in recipients:
             return f"{own} is our own address; a reply would loop"
-        bouncing = sorted(set(recipients) & self._bouncing)
+        marks = self._marks()
+        bouncing = sorted(marks.bouncing(recipients))
         if bouncing:
             return f"{', '.join(bouncing)} bounces; no automatic mail is sent to it"
         fields = ticket.fields if ticket is not None else {}
         auto = fields.get("auto_submitted")
         if (auto and str(auto).lower() != "no") or fields.get("kind") in ("auto_reply", "bounce", "report"):
             return "the thread's message was automatic; automatic mail is never answered"
-        now = self._monotonic()
         for address in recipients:
-            sent = self._replies.get(address)
-            while sent and now - sent[0] >= 3600:
-                sent.popleft()
-            if sent and len(sent) >= self.auto_replies_per_hour:
-                return (f"rate limited: {len(sent)} automatic mails to {address} in the last hour "
+            sent = marks.replies_in_the_last_hour(address)
+            if sent >= self.auto_replies_per_hour:
+                return (f"rate limited: {sent} automatic mails to {address} in the last hour "
                         f"(at most {self.auto_replies_per_hour})")
         return None
 
     def _count_reply(self, mail: _Mail) -> None:
         if mail.customer:
-            now = self._monotonic()
-            for address in mail.recipients():
-                self._replies.setdefault(address.lower(), deque()).append(now)
+            self._marks().count_reply(mail.recipients())
 
     # --- mail out ----------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from escalier.store.schema import timers
 
 def test_run_worker_status_and_dead_letters(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'escalier.db'}"
-    assert operations.upgrade(url) == "0002"
+    assert operations.upgrade(url) == "0003"
     now = datetime.now(UTC)
     engine = create_store_engine(url)
     deliver(

@@ -12,8 +12,8 @@ from escalier.store.schema import metadata
 
 
 def test_upgrade_creates_every_table_and_matches_the_schema(store_url: str) -> None:
-    assert upgrade(store_url) == head_revision() == "0002"
-    assert upgrade(store_url) == "0002"  # a second run is a no-op
+    assert upgrade(store_url) == head_revision() == "0003"
+    assert upgrade(store_url) == "0003"  # a second run is a no-op
     engine = create_store_engine(store_url)
     try:
         names = set(inspect(engine).get_table_names())

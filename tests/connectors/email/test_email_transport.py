@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.parser import BytesParser
 from email.policy import default as default_policy
 from pathlib import Path
@@ -537,3 +537,49 @@ def test_a_parsed_bounce_marks_the_address_as_bouncing(sandbox, connection):
     [held] = connection.apply_batch(ActionBatch("email", "default", ticket.id, (
         action(ActionKind.COMMENT, 50, ticket.id, body="hello?", public=True),), ticket=ticket))
     assert not held.applied and "bounces" in held.detail
+
+
+@pytest.fixture
+
+def store_engine(tmp_path):
+    url = f"sqlite:///{tmp_path / 'escalier.db'}"
+    upgrade(url)
+    engine = create_store_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def reply(connection: EmailConnection, ticket, seq: int):
+    [result] = connection.apply_batch(ActionBatch("email", "default", ticket.id, (
+        action(ActionKind.COMMENT, seq, ticket.id, body=f"update {seq}", public=True),
+    ), ticket=ticket))
+    return result
+
+
+def test_the_reply_limit_and_a_bounce_outlive_the_connection_that_saw_them(sandbox, store_engine):
+    now = [datetime(2026, 3, 2, 9, 0, tzinfo=UTC)]
+    ticket = customer_ticket()
+
+    def connect() -> EmailConnection:
+        return EmailConnection(email_config(sandbox), "default", ENVIRON, {}, store_engine=store_engine,
+                               clock=lambda: now[0], auto_replies_per_hour=3)
+
+    first = connect()
+    results = [reply(first, ticket, n) for n in range(4)]
+    first.close()
+    # The first replies (and the acknowledgement the store's thread asks for) spend the limit.
+    assert not results[-1].applied and "rate limited: 3" in results[-1].detail
+    assert len(read_back(sandbox, "alice")) == 3
+    # A restarted worker (or another node) knows the three automatic mails of the last hour.
+    second = connect()
+    held = reply(second, ticket, 10)
+    assert (held.applied, held.error) == (False, None) and "rate limited: 3" in held.detail
+    now[0] += timedelta(minutes=61)
+    assert reply(second, ticket, 11).applied
+    second.mark_bouncing([CUSTOMER.upper()])
+    second.close()
+    third = connect()
+    bounced = reply(third, ticket, 12)
+    assert (bounced.applied, bounced.error) == (False, None) and "bounces" in bounced.detail
+    third.close()
+    assert len(read_back(sandbox, "alice")) == 4
