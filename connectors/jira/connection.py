@@ -390,20 +390,17 @@ class JiraConnection:
             text += f"; but the policy says deployment: {self.site.deployment}"
         return text
 
-    def changes_since(self, cursor: str | None, now: datetime) -> Changes:
-        """Changes to issues updated since ``cursor`` (first: the last hour), 50 issues a call."""
-        state = _read_cursor(cursor)
-        since = datetime.fromisoformat(state["since"]) if "since" in state else now - LOOK_BACK
-        high = datetime.fromisoformat(state["high"]) if "high" in state else since
-        page = state.get("page")
-        start = since - OVERLAP
-        jql = self._changes_jql(start)
-        fields = ",".join([*self._ticket_fields(), "comment"])
+    def search_page(self, jql: str, page: Any = None) -> tuple[list[Mapping[str, Any]], Any]:
+        """One page of a JQL search, with the changelog and comments; and the next page, or None.
+
+        Cloud pages ``/search/jql`` with a token (it retired ``/search``); Data Center pages
+        ``/search`` by ``startAt``. ``page`` is what the previous call returned (None: the first).
+        """
         params: dict[str, Any] = {
-            "jql": jql, "maxResults": PAGE_SIZE, "fields": fields, "expand": "changelog",
+            "jql": jql, "maxResults": PAGE_SIZE, "expand": "changelog",
+            "fields": ",".join([*self._ticket_fields(), "comment"]),
         }
         if self.cloud:
-            # Cloud retired /search for /search/jql, which pages with a token instead of startAt.
             if page:
                 params["nextPageToken"] = page
             found = self._get("search/jql", params)
@@ -416,11 +413,20 @@ class JiraConnection:
             found = self._get("search", params)
             issues = found.get("issues") or []
             total = found.get("total")
-            if isinstance(total, int):
-                more = offset + len(issues) < total
-            else:
-                more = len(issues) >= PAGE_SIZE
-            next_page = offset + len(issues) if more else None
+            more = offset + len(issues) < total if isinstance(total, int) else len(issues) >= PAGE_SIZE
+            next_page = offset + len(issues)
+        found_issues = [i for i in issues if isinstance(i, Mapping)]
+        return found_issues, (next_page if more and issues else None)
+
+    def changes_since(self, cursor: str | None, now: datetime) -> Changes:
+        """Changes to issues updated since ``cursor`` (first: the last hour), 50 issues a call."""
+        state = _read_cursor(cursor)
+        since = datetime.fromisoformat(state["since"]) if "since" in state else now - LOOK_BACK
+        high = datetime.fromisoformat(state["high"]) if "high" in state else since
+        page = state.get("page")
+        start = since - OVERLAP
+        issues, next_page = self.search_page(self._changes_jql(start), page)
+        more = next_page is not None
         found_events = []
         for issue in issues:
             found_events.extend(

@@ -26,7 +26,6 @@ from escalier.core.model import Ticket, TicketEvent
 
 __all__ = ["read_history"]
 
-PAGE_SIZE = 50
 DETAIL_PAGE = 100
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Data Center's changelog names system fields by display name (``Component``), Cloud by id.
@@ -101,30 +100,11 @@ class _History:
         scope = self.site.jql or (f'project = "{self.site.project}"' if self.site.project else None)
         clause = f'created >= "{stamp}" ORDER BY created ASC'
         jql = f"({scope}) AND {clause}" if scope else clause
-        params: dict[str, Any] = {
-            "jql": jql, "maxResults": PAGE_SIZE, "expand": "changelog",
-            "fields": ",".join([*connection._ticket_fields(), "comment"]),
-        }
         page: Any = None
         while True:
-            if connection.cloud:
-                # Cloud retired /search for /search/jql, which pages with a token.
-                if page:
-                    params["nextPageToken"] = page
-                found = connection._get("search/jql", params)
-                issues = found.get("issues") or []
-                page = found.get("nextPageToken") if not found.get("isLast", False) else None
-                more = bool(page)
-            else:
-                offset = int(page or 0)
-                params["startAt"] = offset
-                found = connection._get("search", params)
-                issues = found.get("issues") or []
-                total = found.get("total")
-                more = offset + len(issues) < total if isinstance(total, int) else len(issues) >= PAGE_SIZE
-                page = offset + len(issues)
-            yield from (i for i in issues if isinstance(i, Mapping))
-            if not more or not issues:
+            issues, page = connection.search_page(jql, page)
+            yield from issues
+            if page is None:
                 return
 
     def _complete(self, issue: Any) -> None:
