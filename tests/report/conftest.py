@@ -53,8 +53,7 @@ def trails_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     finally:
         engine.dispose()
     yield url
-    for _ in urls:  # drops the PostgreSQL schema
-        pass
+    next(urls, None)  # the generator resumes past its one URL: it drops the PostgreSQL schema
 
 
 def _missing_browser() -> str | None:
