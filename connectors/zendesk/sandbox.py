@@ -3,7 +3,7 @@
 The sandbox answers in the shapes recorded from Zendesk (tickets with ``via``, ``custom_fields`` and
 ``custom_status_id``; ``{"ticket": ..., "audit": ...}`` for an update; ``job_status`` for a bulk
 update; cursor pagination with ``meta.has_more`` and ``links.next``; the cursor-based incremental
-export) and refuses in Zendesk's shapes::
+export; the time-based incremental ticket event export) and refuses in Zendesk's shapes::
 
     401 {"error": "Couldn't authenticate you"}
     404 {"error": "RecordNotFound", "description": "Not found"}
@@ -15,9 +15,10 @@ export) and refuses in Zendesk's shapes::
 It enforces Zendesk's limits as the API does: the account-wide request rate (700 a minute, reported
 in ``X-Rate-Limit``/``ratelimit-*`` on every answer) and the Update Ticket endpoint's own limits
 (100 updates a minute per account and 30 per user per ticket per 10 minutes, reported in
-``zendesk-rate-limit-tickets-update``); ``ticket_update_limits`` and ``account_rate_limit`` change
-them. Bulk updates run as jobs on a background thread (queued, working, completed; or failed part
-way, or completed without results, when told to).
+``zendesk-rate-limit-tickets-update``), and the incremental ticket event export's own limit (10
+requests a minute); ``ticket_update_limits``, ``account_rate_limit`` and
+``incremental_export_limit`` change them. Bulk updates run as jobs on a background thread
+(queued, working, completed; or failed part way, or completed without results, when told to).
 
 Every change, made through the API or by a person through the Python helpers (``create_ticket``,
 ``update_ticket``, ``add_comment``), sends the webhooks Zendesk sends, per ``webhook_mode``:
@@ -35,6 +36,18 @@ Every change, made through the API or by a person through the Python helpers (``
 Each is signed like Zendesk: ``X-Zendesk-Webhook-Signature`` = base64(HMAC-SHA256(secret,
 TIMESTAMP + BODY)) with ``X-Zendesk-Webhook-Signature-Timestamp``, and carries
 ``X-Zendesk-Webhook-Id`` and ``X-Zendesk-Webhook-Invocation-Id`` (the same on every retry).
+The incremental ticket event export (``incremental/ticket_events?start_time=``, with the
+``comment_events`` sideload as ``include=comment_events``) renders each audit as one event
+(``event_type: "Audit"``, ``timestamp``, ``updater_id``) whose ``child_events`` are its changes: a
+ticket field as ``{"<field>": value, "previous_value": ...}``, tags as ``tags`` with
+``added_tags``/``removed_tags``, a custom field as ``custom_ticket_fields: {"<id>": value}``, and a
+comment as ``comment_present``/``comment_public`` (or, sideloaded, the comment itself). Pages are
+time-based, as Zendesk's: up to 1,000 events from ``start_time``, oldest first, with every event of
+the page's last second kept on it; ``end_time`` is that second and the next page's
+``start_time``, so the next page starts with those events again (read them once, by id); a page
+of one second only ends a second later; ``end_of_stream`` once nothing is left. The most recent
+minute is never exported, and a ``start_time`` within it is refused.
+
 Deliveries are retried as Zendesk retries them: a 409 up to three times, a 429 or 503 whose
 ``Retry-After`` is under a minute, a timeout or refused connection up to five times; any other
 failure (a 500 among them) is not retried, so a lost webhook is found by reconciliation.
@@ -146,6 +159,10 @@ CUSTOM_FIELDS = (
 UPDATES_PER_ACCOUNT = 100
 UPDATES_PER_TICKET = 30
 ACCOUNT_REQUESTS_PER_MINUTE = 700
+# Zendesk's incremental exports: 10 requests a minute, 1,000 items a page, never the latest minute.
+INCREMENTAL_EXPORTS_PER_MINUTE = 10
+EVENT_EXPORT_PAGE = 1000
+EXPORT_LAG_SECONDS = 60
 MAX_BULK = 100
 # Zendesk answers a webhook within 12 seconds or counts it as timed out.
 WEBHOOK_TIMEOUT = 12.0
@@ -306,6 +323,7 @@ class ZendeskSandbox(Sandbox):
     def _clear_limits(self) -> None:
         self._account = _Window(ACCOUNT_REQUESTS_PER_MINUTE, 60.0)
         self._updates = _Window(UPDATES_PER_ACCOUNT, 60.0)
+        self._exports = _Window(INCREMENTAL_EXPORTS_PER_MINUTE, 60.0)
         self._per_ticket_limit: int | None = UPDATES_PER_TICKET
         self._per_ticket_seconds = 600.0
         self._per_ticket: dict[tuple[int, int], _Window] = {}
@@ -345,6 +363,11 @@ class ZendeskSandbox(Sandbox):
         """Set the account-wide API request limit per minute (``None`` lifts it)."""
         with self.lock:
             self._account = _Window(requests_per_minute, 60.0)
+
+    def incremental_export_limit(self, requests_per_minute: int | None = INCREMENTAL_EXPORTS_PER_MINUTE) -> None:
+        """Set the incremental ticket event export's limit per minute (``None`` lifts it)."""
+        with self.lock:
+            self._exports = _Window(requests_per_minute, 60.0)
 
     def throttled(self) -> dict[str, int]:
         """429 answers given, per ``METHOD /route/{template}`` (limits, budget and faults alike)."""
@@ -470,6 +493,7 @@ class ZendeskSandbox(Sandbox):
             '  POST /_sandbox/zendesk/ticket_update_limits  {"per_account": 100, "per_ticket": 30, '
             '"window_seconds": 60, "ticket_window_seconds": 600}\n'
             '  POST /_sandbox/zendesk/account_rate_limit    {"requests_per_minute": 700}\n'
+            '  POST /_sandbox/zendesk/incremental_export_limit  {"requests_per_minute": 10}\n'
             '  POST /_sandbox/zendesk/jobs                  {"delay": 0.05, "step": 0, "fail_after": 2, '
             '"empty_results": false}\n'
             "  GET  /_sandbox/zendesk/throttled             429s answered per endpoint\n"
@@ -536,6 +560,9 @@ class ZendeskSandbox(Sandbox):
             if parts.path == "/_sandbox/zendesk/account_rate_limit" and method == "POST":
                 self.account_rate_limit(spec.get("requests_per_minute", ACCOUNT_REQUESTS_PER_MINUTE))
                 return 200, {}, spec
+            if parts.path == "/_sandbox/zendesk/incremental_export_limit" and method == "POST":
+                self.incremental_export_limit(spec.get("requests_per_minute", INCREMENTAL_EXPORTS_PER_MINUTE))
+                return 200, {}, spec
             if parts.path == "/_sandbox/zendesk/jobs" and method == "POST":
                 self.configure_jobs(**{k: spec[k] for k in ("delay", "step", "fail_after", "empty_results") if k in spec})
                 return 200, {}, spec
@@ -568,6 +595,7 @@ class ZendeskSandbox(Sandbox):
             ("GET", "tickets/{ticket_id}/audits", self._list_audits),
             ("GET", "job_statuses/{job_status_id}", self._get_job),
             ("GET", "incremental/tickets/cursor", self._incremental),
+            ("GET", "incremental/ticket_events", self._ticket_events),
             ("GET", "search", self._search),
         ):
             self.add_route(method, f"/api/v2/{tail}.json", self._answer(handler))
@@ -996,6 +1024,83 @@ class ZendeskSandbox(Sandbox):
             "before_cursor": None,
             "before_url": None,
             "end_of_stream": len(rest) <= per_page,
+        }
+
+    def _ticket_events(self, request: Request) -> Response:
+        wait = self._exports.take(time.monotonic())
+        if wait is not None:
+            raise _Refusal(429, {
+                "error": "APIRateLimitExceeded",
+                "description": "Number of allowed incremental export API requests per minute exceeded",
+            }, {"Retry-After": _seconds(wait)})
+        start_arg = request.arg("start_time")
+        if start_arg is None:
+            raise _bad_request("start_time is required.")
+        start = _int_arg(start_arg, "start_time", 0, 10**12)
+        horizon = int(self.now().timestamp()) - EXPORT_LAG_SECONDS
+        if start > horizon:
+            raise _bad_request("start_time must be at least one minute in the past.")
+        per_page = _int_arg(request.arg("per_page") or str(EVENT_EXPORT_PAGE), "per_page", 1, EVENT_EXPORT_PAGE)
+        include = request.arg("include") or ""
+        comments = "comment_events" in {part.strip() for part in include.split(",")}
+        found = sorted(
+            ((int(a["created_at"].timestamp()), a["id"], t, a) for t in self._tickets.values() for a in t["audits"]
+             if start <= int(a["created_at"].timestamp()) <= horizon),
+            key=lambda row: (row[0], row[1]),
+        )
+        page = found[:per_page]
+        if page:
+            # The events of the page's last second stay together on it.
+            page += [row for row in found[per_page:] if row[0] == page[-1][0]]
+        more = len(found) > len(page)
+        end_time = page[-1][0] if page else start
+        if more and page[0][0] == end_time:
+            end_time += 1  # a page of one second: the next one starts after it
+        query = {"start_time": end_time, **({"include": include} if include else {}),
+                 **({"per_page": per_page} if request.arg("per_page") else {})}
+        return 200, {}, {
+            "ticket_events": [self._ticket_event_json(a, comments=comments) for _, _, _, a in page],
+            "next_page": self._api(f"incremental/ticket_events.json?{urlencode(query)}"),
+            "count": len(page),
+            "end_of_stream": not more,
+            "end_time": end_time,
+        }
+
+    def _ticket_event_json(self, audit: dict[str, Any], *, comments: bool) -> dict[str, Any]:
+        """One audit as the event export shows it: the update, its changes as child events."""
+        via = _via(audit["via"])
+        children = []
+        for event in audit["events"]:
+            child: dict[str, Any] = {"id": event["id"], "via": via, "via_reference_id": None}
+            if event["type"] == "Comment":
+                if comments:
+                    child.update(type="Comment", author_id=event["author_id"], body=event["body"],
+                                 html_body=event["html_body"], public=event["public"], attachments=[],
+                                 audit_id=audit["id"], created_at=_stamp(audit["created_at"]))
+                else:
+                    child.update(comment_present=True, comment_public=event["public"])
+            elif event["field_name"] == "tags":
+                old, new = event.get("previous_value") or [], event["value"]
+                child.update(tags=list(new), added_tags=sorted(set(new) - set(old)),
+                             removed_tags=sorted(set(old) - set(new)))
+            elif event["field_name"].isdigit():
+                child["custom_ticket_fields"] = {event["field_name"]: event["value"]}
+            else:
+                child[event["field_name"]] = event["value"]
+            if "previous_value" in event and event["field_name"] != "tags":
+                child["previous_value"] = event["previous_value"]
+            child["event_type"] = event["type"]
+            children.append(child)
+        return {
+            "id": audit["id"],
+            "ticket_id": audit["ticket_id"],
+            "timestamp": int(audit["created_at"].timestamp()),
+            "created_at": _stamp(audit["created_at"]),
+            "updater_id": audit["author_id"],
+            "via": via,
+            "system": {"client": audit["client"], "ip_address": "127.0.0.1"},
+            "event_type": "Audit",
+            "child_events": children,
         }
 
     def _search(self, request: Request) -> Response:

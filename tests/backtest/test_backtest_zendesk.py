@@ -1,8 +1,9 @@
 """``escalier backtest --from zendesk`` on the Zendesk sandbox's history, read with ``zenpy``.
 
-People work three tickets on a clock the test moves; the export and each ticket's audits are read
+People work three tickets on a clock the test moves; the incremental ticket event export is read
 back and replayed under two policies, checked against the engine driven here ticket by ticket,
-and the history's events against the event webhooks the same changes sent.
+and the history's events against the event webhooks the same changes sent. Hundreds of tickets
+are read in a few pages of the export, not a request per ticket, within its rate limit.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import pytest
 
 from escalier import backtest
 from escalier.connectors.zendesk import events as zendesk_events
+from escalier.connectors.zendesk import history
 from escalier.connectors.zendesk.config import ZendeskConfig
+from escalier.connectors.zendesk.connection import ZendeskConnection
 from escalier.connectors.zendesk.sandbox import ZendeskSandbox
 from escalier.core.connector import RawEvent
 from escalier.core.model import ActorRole, EventKind
@@ -176,3 +179,84 @@ def test_two_policies_against_the_engine_ticket_by_ticket(day):
     assert people["policy_earlier"]["tickets"] == 1 and people["policy_earlier"]["median_seconds"] == 900.0
     # Nothing was written: the sandbox saw reads only.
     assert all(name.startswith("GET ") for name in sandbox.calls())
+
+
+EVENT_EXPORT = "GET /api/v2/incremental/ticket_events.json"
+
+
+def test_hundreds_of_tickets_take_a_few_pages_of_the_event_export(tmp_path):
+    clock = Clock(START - timedelta(hours=2))
+    sandbox = ZendeskSandbox(token=TOKEN, clock=clock.now).start()
+    try:
+        # Older tickets, changed inside the window: their histories would start in the middle.
+        older = [sandbox.create_ticket(f"old {n}", "before the window")["id"] for n in range(3)]
+        clock.advance(hours=2)
+        for number in older:
+            sandbox.update_ticket(number, priority="high", as_user="mia")
+        ids = []
+        for n in range(450):
+            ids.append(sandbox.create_ticket(f"t{n}", f"ticket {n}", group_id=360000101,
+                                             custom_fields={SEVERITY: "severity_low"})["id"])
+            if n % 7 == 6:
+                clock.advance(seconds=1)
+        # Seven updates a second: the pages of 1,000 end inside a second, which comes again.
+        for step in range(5):
+            for n, number in enumerate(ids):
+                if step == 0:
+                    sandbox.update_ticket(number, comment="any news?", as_user="dana")
+                elif step == 1:
+                    sandbox.update_ticket(number, status="pending", additional_tags=[f"wait{n % 3}"],
+                                          comment="Which version?", public=n % 2 == 0, as_user="mia")
+                elif step == 2:
+                    sandbox.add_comment(number, "2.4.1", as_user="dana")
+                elif step == 3:
+                    sandbox.update_ticket(number, status="solved", remove_tags=["wait0"],
+                                          custom_fields={SEVERITY: "severity_medium"}, as_user="mia")
+                elif n % 50 == 0:
+                    sandbox.update_ticket(number, status="closed", as_user="mia")
+                if n % 7 == 6:
+                    clock.advance(seconds=1)
+        clock.advance(hours=1)
+        policy = load(write_policy(tmp_path, "p.yaml", POLICY.format(name="P", stale="20m", url=sandbox.url)))
+        connection = ZendeskConnection(ZendeskConfig.model_validate(policy.connectors["zendesk"]), "default",
+                                       ENVIRON, policy.people)
+        sandbox.incremental_export_limit(2)
+        slept: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            slept.append(seconds)
+            sandbox.incremental_export_limit(None)  # the minute has passed
+
+        before = sandbox.calls()
+        read = list(history.read_history(connection, since=START - timedelta(minutes=1), until=clock.now(),
+                                         sleep=sleep))
+        calls = {k: v - before.get(k, 0) for k, v in sandbox.calls().items() if v != before.get(k, 0)}
+    finally:
+        sandbox.stop()
+    audits = sum(len(sandbox.audits(n)) for n in ids + older)
+    # 2,262 updates in the window (the older tickets' creations are not): three pages.
+    assert audits == 3 + 450 * 5 + 9 + 3
+    # Three pages and the one request the export's limit of two a minute refused: no audits read.
+    assert calls == {EVENT_EXPORT: 4}
+    assert sandbox.throttled() == {EVENT_EXPORT: 1} and 0 < slept[0] <= 60 and len(slept) == 1
+    assert sorted(int(events[0].ticket_id) for events in read) == ids
+    closed = [str(number) for n, number in enumerate(ids) if n % 50 == 0]
+    assert [events[0].ticket_id for events in read[:len(closed)]] == closed  # handed on as they close
+    for events in read:
+        number = int(events[0].ticket_id)
+        ids_here = [e.id for e in events]
+        assert len(ids_here) == len(set(ids_here))  # the second read twice is counted once
+        versions = [e for e in events if e.kind is not EventKind.COMMENTED]
+        assert len(versions) == len(sandbox.audits(number))
+        comments = {e.id for e in events if e.kind is EventKind.COMMENTED}
+        assert comments == {zendesk_events.comment_event_id("default", str(number), str(c["id"]))
+                            for c in sandbox.comments(number)[1:]}
+        assert [e.kind for e in versions[:5]] == [
+            EventKind.CREATED, EventKind.UPDATED, EventKind.STATUS_CHANGED, EventKind.STATUS_CHANGED,
+            EventKind.RESOLVED]
+        assert versions[3].actor_role is ActorRole.CUSTOMER and versions[3].ticket.status == "open"
+        assert versions[0].ticket.severity == "low" and versions[4].ticket.severity == "medium"
+        tags = {f"wait{(number - ids[0]) % 3}"} - {"wait0"}
+        assert set(versions[4].ticket.tags) >= tags and "wait0" not in versions[4].ticket.tags
+        wait_change = next(c for c in versions[2].changes if c.field == "tags")
+        assert wait_change.after == [f"wait{(number - ids[0]) % 3}"] and wait_change.before == []
