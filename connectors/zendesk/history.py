@@ -29,6 +29,7 @@ export's record. Nothing is written.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -36,7 +37,7 @@ from typing import Any
 
 from escalier.connectors.zendesk import events
 from escalier.connectors.zendesk.connection import ZendeskConnection
-from escalier.core.errors import ConnectorError, PayloadError, TransientError
+from escalier.core.errors import AuthError, ConnectorError, NotFoundError, PayloadError, TransientError
 from escalier.core.extensions import OwnIdentity
 from escalier.core.model import (
     ActorRole,
@@ -52,6 +53,9 @@ __all__ = ["read_history"]
 # Zendesk allows 10 requests a minute to its incremental exports: a long export waits for its
 # turn as the 429's Retry-After says, this many times in a row at most.
 RATE_LIMIT_WAITS = 6
+# Pages of the ticket export and of a ticket's audits, when the event export is refused.
+EXPORT_PAGE = 1000
+AUDIT_PAGE = 100
 _DONE = frozenset({"solved", "closed", "deleted"})
 _SYSTEM_ACTOR = "-1"
 _REFERENCES = frozenset({"assignee_id", "group_id", "requester_id", "organization_id"})
@@ -99,10 +103,31 @@ class _History:
         self.identity = OwnIdentity(user_ids=frozenset({str(own)}) if own else frozenset())
 
     def tickets(self, since: datetime, until: datetime) -> Iterator[list[TicketEvent]]:
-        """The histories, one ticket at a time: as each closes, then those still open."""
+        """The histories, one ticket at a time: as each closes, then those still open.
+
+        Zendesk serves the event export to admins only: for an agent's token (a 403) each
+        ticket's audits are read instead, one request a ticket more.
+        """
+        exported = self._export(since, until)
+        try:
+            first = next(exported, None)
+        except AuthError as exc:
+            if exc.status != 403:
+                raise
+            if self.progress is not None:
+                self.progress("the ticket event export is for admins only (403): reading each "
+                              "ticket's audits instead, one request a ticket")
+            yield from self._by_audits(since, until)
+            return
+        records = exported if first is None else itertools.chain([first], exported)
+        yield from self._followed(records, since, until)
+
+    def _followed(
+        self, records: Iterator[Mapping[str, Any]], since: datetime, until: datetime
+    ) -> Iterator[list[TicketEvent]]:
         following: dict[int, list[dict[str, Any]]] = {}
         handed = read = 0
-        for record in self._export(since, until):
+        for record in records:
             read += 1
             number = record.get("ticket_id")
             update = _update(record)
@@ -129,7 +154,74 @@ class _History:
             if found:
                 yield found
 
+    def _by_audits(self, since: datetime, until: datetime) -> Iterator[list[TicketEvent]]:
+        """The histories from the incremental ticket export and each ticket's audits."""
+        seen: set[int] = set()
+        read = 0
+        for ticket_json in self._ticket_export(since):
+            read += 1
+            number = ticket_json.get("id")
+            created = events._time(ticket_json.get("created_at"))
+            if not isinstance(number, int) or number in seen or created is None:
+                continue
+            if not since <= created <= until or ticket_json.get("status") == "deleted":
+                continue
+            seen.add(number)
+            try:
+                audits = self._audits(number)
+            except NotFoundError:
+                continue  # deleted while we read
+            updates = [u for u in map(_audit_update, audits) if u is not None and u["at"] <= until]
+            if updates:
+                found = self.events_of(number, updates)
+                if found:
+                    yield found
+            if self.progress is not None:
+                self.progress(f"read {read:,} Zendesk tickets ({len(seen):,} in the window)")
+
     # --- reading -------------------------------------------------------------------------------
+
+    def _ticket_export(self, since: datetime) -> Iterator[Mapping[str, Any]]:
+        """The cursor-based incremental ticket export from ``since``."""
+        start = int(since.timestamp())
+        cursor: str | None = None
+        while True:
+            if cursor:
+                what = "GET incremental/tickets/cursor"
+                call = lambda z, c=cursor: z.tickets.incremental(cursor=c, per_page=EXPORT_PAGE)  # noqa: E731
+            else:
+                what = f"GET incremental/tickets/cursor?start_time={start}"
+                call = lambda z: z.tickets.incremental(start_time=start, per_page=EXPORT_PAGE)  # noqa: E731
+            _, response = self.connection._call(what, call)
+            tickets = self.connection._json(what, response, "tickets")
+            if not isinstance(tickets, list):
+                raise ConnectorError(
+                    f"{self.connection.name}: {what} answered tickets that are not a list",
+                    system="zendesk",
+                )
+            assert response is not None  # _json read it
+            page = response.json()
+            yield from (t for t in tickets if isinstance(t, Mapping))
+            cursor = page.get("after_cursor")
+            if page.get("end_of_stream") is not False or not cursor or not tickets:
+                return
+
+    def _audits(self, number: int) -> list[Mapping[str, Any]]:
+        url = f"{self.connection.url}/api/v2/tickets/{number}/audits.json?page[size]={AUDIT_PAGE}"
+        audits: list[Mapping[str, Any]] = []
+        while url:
+            what = f"GET tickets/{number}/audits"
+            response, _ = self.connection._call(
+                what, lambda z, u=url: z.tickets._get(u, raw_response=True)
+            )
+            self.connection._json(what, response, "audits")
+            page = response.json()
+            audits.extend(a for a in page.get("audits") or () if isinstance(a, Mapping))
+            meta = page.get("meta") or {}
+            links = page.get("links") or {}
+            url = links.get("next") if meta.get("has_more") else page.get("next_page")
+        return audits
+
 
     def _export(self, since: datetime, until: datetime) -> Iterator[Mapping[str, Any]]:
         """The export's events from ``since`` to ``until``, each once, oldest first."""
@@ -352,6 +444,33 @@ def _update(record: Mapping[str, Any]) -> dict[str, Any] | None:
             if name == "status":
                 status = _lower(value)
     return {"id": record.get("id"), "at": at, "author_id": record.get("updater_id"),
+            "events": items, "created": created, "status": status}
+
+
+def _audit_update(audit: Mapping[str, Any]) -> dict[str, Any] | None:
+    """One audit (``GET tickets/{id}/audits``) kept as :func:`_update` keeps an export's event."""
+    at = events._time(audit.get("created_at"))
+    if at is None:
+        return None
+    items: list[dict[str, Any]] = []
+    created = False
+    status: str | None = None
+    for event in audit.get("events") or ():
+        if not isinstance(event, Mapping):
+            continue
+        kind = event.get("type")
+        if kind == "Comment":
+            items.append({"type": "Comment", "id": event.get("id"), "author_id": event.get("author_id"),
+                          "body": event.get("body"), "public": event.get("public")})
+        elif kind in ("Create", "Change"):
+            created = created or kind == "Create"
+            item = {"type": kind, "field_name": str(event.get("field_name")), "value": event.get("value")}
+            if kind == "Change" and "previous_value" in event:
+                item["previous_value"] = event["previous_value"]
+            items.append(item)
+            if item["field_name"] == "status":
+                status = _lower(event.get("value"))
+    return {"id": audit.get("id"), "at": at, "author_id": audit.get("author_id"),
             "events": items, "created": created, "status": status}
 
 

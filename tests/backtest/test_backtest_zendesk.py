@@ -260,3 +260,16 @@ def test_hundreds_of_tickets_take_a_few_pages_of_the_event_export(tmp_path):
         assert set(versions[4].ticket.tags) >= tags and "wait0" not in versions[4].ticket.tags
         wait_change = next(c for c in versions[2].changes if c.field == "tags")
         assert wait_change.after == [f"wait{(number - ids[0]) % 3}"] and wait_change.before == []
+
+
+def test_an_agents_token_reads_each_tickets_audits_and_finds_the_same_history(day):
+    sandbox, clock, ids, fast, _ = day
+    by_export = histories(fast, clock)
+    # Zendesk serves the ticket event export to admins only; an agent's token gets a 403.
+    sandbox.inject_fault(403, path="/api/v2/incremental/ticket_events*")
+    before = sandbox.calls()
+    by_audits = histories(fast, clock)
+    calls = {k: n - before.get(k, 0) for k, n in sandbox.calls().items() if n != before.get(k, 0)}
+    assert calls["GET /api/v2/tickets/{ticket_id}/audits.json"] == len(ids)
+    assert calls["GET /api/v2/incremental/ticket_events.json"] == 1  # the refused one
+    assert by_audits == by_export
