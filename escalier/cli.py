@@ -38,6 +38,7 @@ examples:
   escalier sandbox jira                          a Jira of your own in memory, for trying things
   escalier serve escalier.yaml                   receive webhooks and act on them (one command)
   escalier status --policy escalier.yaml         open escalations, timers, backlog, dead letters
+  escalier mail-receiver escalier.yaml           store the mail Postfix pushes over LMTP
   escalier backtest escalier.yaml --from zendesk what the policy would have done to past tickets
   escalier report --policy escalier.yaml         escalations of the last 30 days: rates, times, load
 
@@ -210,6 +211,7 @@ exit status: 0 parsed (or skipped, with the reason), 2 unreadable input.""",
 
     from escalier.backtest import add_command as add_backtest_command
     from escalier.demo import add_demo_command
+    from escalier.mail_receiver import add_command as add_mail_receiver_command
     from escalier.report import add_command as add_report_command
     from escalier.sandbox import add_sandbox_command
 
@@ -217,6 +219,7 @@ exit status: 0 parsed (or skipped, with the reason), 2 unreadable input.""",
     add_demo_command(commands)
     add_backtest_command(commands)
     add_report_command(commands)
+    add_mail_receiver_command(commands)
     _add_runtime_commands(commands)
     return parser
 

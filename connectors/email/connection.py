@@ -13,8 +13,17 @@ touches the network. What each action becomes:
   ``notice``, see :mod:`escalier.runtime.routing`), of a mail thread or of any other system's
   ticket, is one mail per address: the channel's ``to`` and the people named, each told the
   RACI role they play, with a signed acknowledge link while the step is unacknowledged;
-- ``add_tags``, ``remove_tags``, ``set_priority``, ``transition``: no mail; they live in
-  Escalier's store (``applied`` with a detail saying so);
+- ``add_tags``, ``remove_tags``: no mail; tags live in Escalier's store and, where the IMAP
+  server keeps keywords (``\\*`` in the folder's ``PERMANENTFLAGS``), as keywords on the thread's
+  messages in the shared mailbox (its folder, and ``processed_folder`` when one is set):
+  ``UID STORE +FLAGS`` / ``-FLAGS`` of :func:`~escalier.connectors.email.inbound.tag_keyword`
+  of each tag, on the messages found by their Message-IDs, which are the ticket's own (its
+  ``message_id`` and ``references``) and those of the thread's mail in the inbox
+  (:func:`~escalier.connectors.email.inbound.thread_message_ids`). On a server without
+  keywords, or without ``imap`` settings, the tags stay in the store alone and the detail says
+  so;
+- ``set_priority``, ``transition``: no mail; they live in Escalier's store (``applied`` with a
+  detail saying so);
 - ``add_watchers``: not supported for mail threads (``applied=False`` with a detail).
 
 **The acknowledgement.** The escalation's first action (sequence 1 of its keys
@@ -73,7 +82,15 @@ from email.policy import SMTP as SMTP_POLICY
 from email.utils import format_datetime, getaddresses
 from typing import Any
 
-from escalier.connectors.email.inbound import MailboxReader, open_imap
+from escalier.connectors.email.config import MailChannelOptions
+from escalier.connectors.email.inbound import (
+    DEDUPE_WINDOW,
+    ImapSession,
+    MailboxReader,
+    open_imap,
+    tag_keyword,
+    thread_message_ids,
+)
 from escalier.connectors.email.marks import AddressMarks
 from escalier.connectors.email.message import subject_with_token
 from escalier.core.connector import ActionBatch, ActionResult, Changes
@@ -86,7 +103,6 @@ from escalier.core.errors import (
     StoreError,
     TransientError,
 )
-from escalier.connectors.email.config import MailChannelOptions
 from escalier.core.model import Action, ActionKind, Ticket
 from escalier.core.policy import Person
 from escalier.core.templates import MARKER
@@ -110,11 +126,11 @@ _NOTES = "\x00notes\x00"
 _PLUMBING = frozenset({"message_id", "references", "reply_to", "to", "cc", "attachments",
                        "thread_subject", "auto_submitted", "kind"})
 _NO_MAIL = {
-    ActionKind.ADD_TAGS: "tags live in Escalier's store; no mail",
-    ActionKind.REMOVE_TAGS: "tags live in Escalier's store; no mail",
     ActionKind.SET_PRIORITY: "the priority lives in Escalier's store; no mail",
     ActionKind.TRANSITION: "a mail thread has no status upstream; no mail",
 }
+_TAGS = frozenset({ActionKind.ADD_TAGS, ActionKind.REMOVE_TAGS})
+_TAGS_IN_STORE = "tags live in Escalier's store; no mail"
 _SYSTEM_NAMES = {"jira": "Jira", "zendesk": "Zendesk", "email": "Mail"}
 _ROLE_MEANING = {
     "Responsible": "you work the ticket at this step",
@@ -456,15 +472,17 @@ class EmailConnection:
             reader = self._new_reader(imap)
         reader.run(halt)
 
+    def _engine(self) -> Engine | None:
+        """The attached store, or one opened from ESCALIER_DB, or None; call with the lock."""
+        if self._store_engine is None and self._store_url and self._own_engine is None:
+            from escalier.store import create_store_engine
+
+            self._own_engine = create_store_engine(self._store_url)
+        return self._store_engine if self._store_engine is not None else self._own_engine
+
     def _new_reader(self, imap: Any) -> MailboxReader:
         """A reader into the attached store (or one opened from ESCALIER_DB); call with the lock."""
-        engine = self._store_engine
-        if engine is None and self._store_url:
-            if self._own_engine is None:
-                from escalier.store import create_store_engine
-
-                self._own_engine = create_store_engine(self._store_url)
-            engine = self._own_engine
+        engine = self._engine()
         if engine is None:
             raise ConnectorError(
                 f"{self.name}: no store to read mail into: set ESCALIER_DB, or attach the "
@@ -498,13 +516,7 @@ class EmailConnection:
     def _marks(self) -> AddressMarks:
         """Bounces and replies per address: in the store when there is one, else in memory."""
         with self._lock:
-            engine = self._store_engine
-            if engine is None and self._store_url:
-                if self._own_engine is None:
-                    from escalier.store import create_store_engine
-
-                    self._own_engine = create_store_engine(self._store_url)
-                engine = self._own_engine
+            engine = self._engine()
             if engine is None:
                 return self._marks_in_memory
             if self._marks_in_store is None or self._marks_in_store.engine is not engine:
@@ -560,6 +572,9 @@ class EmailConnection:
         ticket = batch.ticket
         results: dict[str, ActionResult] = {}
         mails = self._plan(batch, ticket, results)
+        # Before the mails: a tag action whose keywords fail is retried, and the acknowledgement
+        # it carries (the escalation's first action is often its tags) must wait for that retry.
+        tagged = self._keep_tags(batch, [a for a in batch.actions if a.kind in _TAGS])
         found = self._already_sent(mails, batch.maybe_applied)
         outgoing = _Outgoing(self._smtp_opener(), name=self.name)
         sent = 0
@@ -573,6 +588,9 @@ class EmailConnection:
             for mail in mails:
                 if failure is not None and isinstance(failure, (TransientError, AuthError)):
                     outcome[mail.key] = (False, "", failure)
+                    continue
+                if mail.keys[0] in tagged and tagged[mail.keys[0]].error is not None:
+                    outcome[mail.key] = (False, "not sent: the action failed", None)
                     continue
                 if mail.key in found:
                     outcome[mail.key] = (False, f"already sent as {message_id_for(mail.key, self.from_address)}", None)
@@ -604,7 +622,19 @@ class EmailConnection:
             if action.key in results:
                 ordered.append(results[action.key])
                 continue
-            ordered.append(self._result(action.key, served.get(action.key, []), outcome, counted))
+            mailed = self._result(action.key, served.get(action.key, []), outcome, counted)
+            tags = tagged.get(action.key)
+            if tags is None:
+                ordered.append(mailed)
+            elif tags.error is not None:
+                ordered.append(tags)
+            elif mailed.error is not None:  # its acknowledgement failed: retried with the tags
+                ordered.append(mailed)
+            elif served.get(action.key):
+                ordered.append(ActionResult(applied=True, detail=f"{tags.detail}; {mailed.detail}",
+                                            calls=tags.calls + mailed.calls))
+            else:
+                ordered.append(tags)
         return ordered
 
     def _result(self, key: str, mails: list[_Mail],
@@ -712,6 +742,107 @@ class EmailConnection:
         message.set_content(f"{mail.body.rstrip()}\n\n{KEY_LINE_PREFIX}{mail.key}\n")
         return message
 
+    # --- tags as IMAP keywords ---------------------------------------------------------------------
+
+    def _keep_tags(self, batch: ActionBatch, actions: Sequence[Action]) -> dict[str, ActionResult]:
+        """Each tag action's result: its tags set or cleared as keywords on the thread's messages.
+
+        A failure is the tag actions' error (transient ones are retried by the outbox), never the
+        batch's: the other actions' mails go out, and are not sent again at the retry.
+        """
+        if not actions:
+            return {}
+        imap = self.config.imap
+        if imap is None:
+            return self._tags_in_store(actions, "no mailbox is configured to keep them as keywords")
+        error: ConnectorError
+        try:
+            ids = self._thread_messages(batch)
+            if not ids:
+                return self._tags_in_store(actions, "no message of the thread is known")
+            return self._store_keywords(imap, batch.ticket_id, ids, actions)
+        except StoreError as exc:
+            error = TransientError(f"{self.name}: the thread's messages could not be looked up "
+                                   f"in the inbox: {exc}", system=SYSTEM)
+        except ConnectorError as exc:
+            error = exc
+        log.warning("email.tags.failed", extra={"instance": self.instance, "ticket_id": batch.ticket_id,
+                                                "error": str(error)})
+        return {a.key: ActionResult(applied=False, detail=str(error), error=error) for a in actions}
+
+    @staticmethod
+    def _tags_in_store(actions: Sequence[Action], why: str) -> dict[str, ActionResult]:
+        return {a.key: ActionResult(applied=True, detail=f"{_TAGS_IN_STORE}; {why}") for a in actions}
+
+    def _thread_messages(self, batch: ActionBatch) -> list[str]:
+        """The Message-IDs of the thread: the ticket's own, and its mail in the inbox."""
+        ticket = batch.ticket
+        fields = ticket.fields if ticket is not None else {}
+        references = fields.get("references") or []
+        if isinstance(references, str):
+            references = references.split()
+        known = [str(i) for i in [fields.get("message_id"), *references] if i]
+        with self._lock:
+            engine = self._engine()
+        if engine is None:
+            return list(dict.fromkeys(known))
+        # A thread's mail arrives after its first message, whose Date may run a day ahead.
+        since = (ticket.created_at - timedelta(days=1) if ticket is not None
+                 else self._clock() - DEDUPE_WINDOW)
+        return thread_message_ids(engine, instance=self.instance, ticket_id=batch.ticket_id,
+                                  prefix=self.config.token_prefix.upper(), known=known, since=since)
+
+    def _store_keywords(self, imap: Any, ticket_id: str, ids: Sequence[str],
+                        actions: Sequence[Action]) -> dict[str, ActionResult]:
+        """Set or clear each action's keywords, in order, on the thread's messages of each folder."""
+        folders = list(dict.fromkeys(f for f in (imap.folder, imap.processed_folder) if f))
+        counted = {a.key: [0, 0] for a in actions}  # messages, STORE commands
+        session = open_imap(imap, self._imap_environ, name=self.name, timeout=self.timeout,
+                            ssl_context=self._ssl_context)
+        try:
+            for folder in folders:
+                if folder != imap.folder and not session.has_folder(folder):
+                    continue  # nothing was moved there yet
+                session.select(folder)
+                if not session.any_keyword:
+                    if folder == imap.folder:
+                        return self._tags_in_store(
+                            actions, f"{imap.host} keeps no IMAP keywords in {folder} (its "
+                            "PERMANENTFLAGS lack \\*)")
+                    continue
+                uids = self._uids_of(session, ids)
+                for action in actions if uids else ():
+                    # Setting a keyword a message has, or clearing one it lacks, changes nothing:
+                    # an action retried after a timeout is stored again without a look first.
+                    session.store_keywords(uids, [tag_keyword(t) for t in dict.fromkeys(action.tags)],
+                                           add=action.kind is ActionKind.ADD_TAGS)
+                    counted[action.key][0] += len(uids)
+                    counted[action.key][1] += 1
+        finally:
+            session.close()
+        results: dict[str, ActionResult] = {}
+        for action in actions:
+            messages, calls = counted[action.key]
+            keywords = ", ".join(tag_keyword(t) for t in dict.fromkeys(action.tags))
+            if not messages:
+                detail = f"no message of the thread is in {' or '.join(folders)} to keep them as keywords"
+            elif action.kind is ActionKind.ADD_TAGS:
+                detail = f"kept as IMAP keywords {keywords} on {messages} message(s) of the thread"
+            else:
+                detail = f"IMAP keywords {keywords} cleared from {messages} message(s) of the thread"
+            results[action.key] = ActionResult(applied=True, detail=f"{_TAGS_IN_STORE}; {detail}",
+                                               calls=calls)
+            log.info("email.tags.kept", extra={"instance": self.instance, "ticket_id": ticket_id,
+                                               "key": action.key, "kind": action.kind.value,
+                                               "messages": messages})
+        return results
+
+    @staticmethod
+    def _uids_of(session: ImapSession, ids: Sequence[str]) -> list[str]:
+        """The UIDs of the selected folder's messages with one of the Message-IDs ``ids``."""
+        found = {uid for message_id in ids for uid in session.search_header("Message-ID", message_id)}
+        return sorted(found, key=int)
+
     # --- planning ------------------------------------------------------------------------------------
 
     def _plan(self, batch: ActionBatch, ticket: Ticket | None,
@@ -729,6 +860,8 @@ class EmailConnection:
                 mails.append(self._acknowledgement(action, thread))
             if action.kind is ActionKind.NOTIFY and _notice_of(action) is not None:
                 routed.append(action)
+            elif action.kind in _TAGS:
+                continue  # no mail: kept as keywords once the mails are out (_keep_tags)
             elif action.kind in _NO_MAIL:
                 results[action.key] = ActionResult(applied=True, detail=_NO_MAIL[action.kind])
             elif action.kind is ActionKind.ADD_WATCHERS:

@@ -25,7 +25,13 @@ connection and tries again after ``poll_seconds``.
 
 **Pushed mail.** :class:`LmtpReceiver` and :class:`SmtpReceiver` (aiosmtpd) listen on a local
 port and store each message the same way before they answer ``250``; when the store cannot
-commit they answer ``451`` so that the MTA keeps the message and tries again.
+commit they answer ``451`` so that the MTA keeps the message and tries again. ``escalier
+mail-receiver`` runs one (:mod:`escalier.mail_receiver`).
+
+**Tags as keywords.** A ticket's tags are also kept on its thread's messages in the mailbox, as
+IMAP keywords, where the server keeps keywords (``\\*`` in ``PERMANENTFLAGS``):
+:func:`tag_keyword` names the keyword of a tag and :func:`thread_message_ids` finds, in the
+inbox, the Message-IDs of a thread's messages (the connection sets and removes the keywords).
 """
 
 from __future__ import annotations
@@ -44,12 +50,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any, Self
 
+import sqlalchemy
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from escalier.connectors.email.message import find_token, thread_token
 from escalier.core.errors import (
     AuthError,
     ConnectorError,
@@ -58,11 +67,15 @@ from escalier.core.errors import (
     TransientError,
 )
 from escalier.store import Store, inbox
+from escalier.store.schema import inbox as inbox_table
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 __all__ = [
     "DONE_KEYWORD",
+    "MAX_KEYWORD_LENGTH",
     "SOURCE",
+    "TAG_KEYWORD_PREFIX",
     "ImapSession",
     "LmtpReceiver",
     "MailboxReader",
@@ -71,6 +84,8 @@ __all__ = [
     "delivery_for",
     "delivery_id_of",
     "open_imap",
+    "tag_keyword",
+    "thread_message_ids",
 ]
 
 log = logging.getLogger("escalier.connectors.email.inbound")
@@ -91,7 +106,17 @@ _MESSAGE_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,253}>$")
 _UID = re.compile(rb"UID (\d+)")
 _SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
 _EXISTS = re.compile(rb"^\* \d+ (EXISTS|RECENT)", re.IGNORECASE)
-_KEPT = ("Message-ID", "From", "To", "Subject", "Date", "In-Reply-To")
+# References names a reply's thread root (its first id): the thread's messages are found by it.
+_KEPT = ("Message-ID", "From", "To", "Subject", "Date", "In-Reply-To", "References")
+_IDS = re.compile(r"<([^<>\s]{1,250})>")
+
+# A tag's keyword: this prefix, then the tag with every character but a-z, 0-9, "-" and "."
+# written as "_" and the two upper-case hex digits of each of its UTF-8 bytes.
+TAG_KEYWORD_PREFIX = "$Esc_"
+# Dovecot refuses longer keywords (its mail_max_keyword_length); longer ones end in "~" + a hash.
+MAX_KEYWORD_LENGTH = 50
+_VERBATIM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
+_DIGEST_CHARS = 8
 
 
 # --- deliveries ---------------------------------------------------------------------------------
@@ -128,6 +153,111 @@ def delivery_for(
         source=SOURCE, instance=instance, body=raw, headers=headers,
         received_at=received_at, delivery_id=delivery_id_of(raw),
     )
+
+
+# --- tags as keywords ---------------------------------------------------------------------------
+
+
+def tag_keyword(tag: str) -> str:
+    """The IMAP keyword that carries ``tag`` on a thread's messages: the same for the same tag.
+
+    A keyword is an RFC 3501 atom: ASCII without spaces, controls, ``( ) { % * " \\ ]``.
+    Lower-case letters, digits, ``-`` and ``.`` are kept; every other character becomes ``_``
+    and the hex of its UTF-8 bytes (``VIP`` is ``$Esc__56_49_50``), so that two tags never share
+    a keyword, not even on a server that compares keywords without regard to case. A keyword
+    longer than :data:`MAX_KEYWORD_LENGTH` is cut and ends in ``~`` and 8 hex digits of the
+    tag's SHA-256.
+    """
+    encoded = "".join(c if c in _VERBATIM else "".join(f"_{b:02X}" for b in c.encode("utf-8",
+                                                                                     "surrogatepass"))
+                      for c in tag)
+    keyword = TAG_KEYWORD_PREFIX + encoded
+    if len(keyword) <= MAX_KEYWORD_LENGTH:
+        return keyword
+    room = MAX_KEYWORD_LENGTH - len(TAG_KEYWORD_PREFIX) - 1 - _DIGEST_CHARS
+    cut = encoded[:room]
+    escape = cut.rfind("_")
+    if escape > room - 3:  # never half an escape
+        cut = cut[:escape]
+    digest = hashlib.sha256(tag.encode("utf-8", "surrogatepass")).hexdigest()[:_DIGEST_CHARS]
+    return f"{TAG_KEYWORD_PREFIX}{cut}~{digest}"
+
+
+def _first_id(value: object) -> str | None:
+    found = _IDS.search(value) if isinstance(value, str) else None
+    return f"<{found.group(1)}>" if found else None
+
+
+def _decoded(value: object) -> str:
+    if not isinstance(value, str):
+        return ""
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError, UnicodeError):
+        return value
+
+
+def thread_message_ids(
+    engine: Engine,
+    *,
+    instance: str,
+    ticket_id: str,
+    prefix: str,
+    known: Sequence[str] = (),
+    since: datetime | None = None,
+) -> list[str]:
+    """The Message-IDs of a thread's messages: ``known`` ones, and those the inbox holds.
+
+    A stored mail (source ``email``, received since ``since``) is of the thread when its
+    Message-ID is known, when its subject carries the thread's token, when its root (the first
+    id of References, else In-Reply-To) makes the thread's token as
+    :func:`~escalier.connectors.email.message.thread_of` does, or when it answers one of the
+    thread's messages. Only the stored headers are read, and a message's own bytes only for a
+    reply stored without its References.
+
+    :raises StoreError: the inbox could not be read.
+    """
+    found = list(dict.fromkeys(i for i in known if i))
+    members = set(found)
+    # sqlalchemy.select: the name select is the standard library's module here (IDLE waits with it).
+    query = (sqlalchemy.select(inbox_table.c.id, inbox_table.c.delivery_id, inbox_table.c.headers)
+             .where(inbox_table.c.source == SOURCE, inbox_table.c.instance == instance,
+                    inbox_table.c.delivery_id.like("<%"))
+             .order_by(inbox_table.c.id))
+    if since is not None:
+        query = query.where(inbox_table.c.received_at >= since)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(query).all()
+            for row in rows:
+                message_id = row.delivery_id
+                if message_id in members:
+                    continue
+                headers = row.headers if isinstance(row.headers, Mapping) else {}
+                replied = _first_id(headers.get("In-Reply-To"))
+                root = _first_id(headers.get("References"))
+                if root is None and replied is not None and "References" not in headers:
+                    root = _stored_root(connection, row.id)
+                token = find_token(_decoded(headers.get("Subject")), prefix)
+                if token is not None:
+                    mine = token == ticket_id
+                else:
+                    mine = thread_token(root or replied or message_id, prefix) == ticket_id
+                if mine or (token is None and replied in members):
+                    members.add(message_id)
+                    found.append(message_id)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"the inbox could not be read: {type(exc).__name__}") from exc
+    return found
+
+
+def _stored_root(connection: Any, row_id: int) -> str | None:
+    """The first id of a stored message's References, read from its bytes."""
+    body = connection.execute(sqlalchemy.select(inbox_table.c.body).where(inbox_table.c.id == row_id)).scalar()
+    if body is None:
+        return None
+    parsed = BytesHeaderParser(policy=compat32).parsebytes(bytes(body), headersonly=True)
+    return _first_id(" ".join(str(v) for v in parsed.get_all("References") or []))
 
 
 class _Inbox:
@@ -176,7 +306,10 @@ class ImapSession:
         self.name = name
         self.timeout = timeout
         self.selected: str | None = None
+        # Processed mail can be marked with our keyword ($EscalierDone among PERMANENTFLAGS will do).
         self.keywords = False
+        # Any new keyword sticks (\* among PERMANENTFLAGS): tags can be kept as keywords.
+        self.any_keyword = False
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -208,19 +341,23 @@ class ImapSession:
         self.selected = folder
         flags = b" ".join(f for f in (self.imap.untagged_responses.get("PERMANENTFLAGS") or [])
                           if isinstance(f, bytes))
-        self.keywords = b"\\*" in flags or DONE_KEYWORD.encode() in flags
+        self.any_keyword = b"\\*" in flags
+        self.keywords = self.any_keyword or DONE_KEYWORD.encode() in flags
         try:
             return int(data[0]) if data and data[0] else 0
         except (TypeError, ValueError):
             return 0
 
+    def has_folder(self, folder: str) -> bool:
+        """True when ``folder`` exists."""
+        # The reference is an empty quoted string: imaplib sends an empty one as nothing at all.
+        typ, found = self._quiet(lambda: self.imap.list('""', _quote(folder)))
+        return typ == "OK" and any(item for item in found or () if item)
+
     def ensure_folder(self, folder: str) -> None:
         """Create ``folder`` unless it exists."""
-        typ, _ = self._quiet(lambda: self.imap.list("", _quote(folder)))
-        found = self.imap.untagged_responses.pop("LIST", None)
-        if typ == "OK" and found and any(item for item in found if item):
-            return
-        self._quiet(lambda: self.imap.create(_quote(folder)))
+        if not self.has_folder(folder):
+            self._quiet(lambda: self.imap.create(_quote(folder)))
 
     def _quiet(self, command: Callable[[], tuple[str, list[Any]]]) -> tuple[str, list[Any]]:
         try:
@@ -244,6 +381,15 @@ class ImapSession:
         """UIDs of the selected folder's messages whose header ``name`` contains ``value``."""
         data = self.uid("SEARCH", "HEADER", name, _quote(value))
         return [part.decode() for part in (data[0] or b"").split()] if data else []
+
+    def store_keywords(self, uids: Sequence[str], keywords: Sequence[str], *, add: bool) -> None:
+        """Set (``add``) or clear ``keywords`` on the selected folder's messages ``uids``.
+
+        Either way the same command twice leaves the same flags: a retry needs no look first.
+        """
+        if uids and keywords:
+            self.uid("STORE", ",".join(uids), "+FLAGS.SILENT" if add else "-FLAGS.SILENT",
+                     f"({' '.join(keywords)})")
 
     def close(self) -> None:
         """Log out; a connection already broken is just dropped."""
@@ -639,6 +785,11 @@ class _Receiver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
+        # What the MTA was answered since the start: 250 (stored, or a duplicate), 451.
+        self.stored = 0
+        self.duplicates = 0
+        self.deferred = 0
+        self._counting = threading.Lock()  # messages are stored on the loop's executor threads
 
     def store(self, raw: bytes, mail_from: str, rcpt_tos: list[str]) -> str:
         """Store one message; the answer to give the MTA."""
@@ -652,7 +803,14 @@ class _Receiver:
             log.error("email.receiver.store_failed",
                       extra={"instance": self.instance, "transport": self.transport,
                              "delivery_id": delivery.delivery_id, "error": str(exc)})
+            with self._counting:
+                self.deferred += 1
             return "451 4.3.0 Could not store the message; try again later"
+        with self._counting:
+            if outcome.status == "stored":
+                self.stored += 1
+            else:
+                self.duplicates += 1
         log.info("email.receiver.stored",
                  extra={"instance": self.instance, "transport": self.transport,
                         "delivery_id": delivery.delivery_id, "status": outcome.status,
@@ -667,7 +825,11 @@ class _Receiver:
     def start(self) -> Self:
         """Listen on ``host:port`` (a free port when 0; :attr:`port` then says which)."""
         loop = asyncio.new_event_loop()
-        server = loop.run_until_complete(loop.create_server(self._protocol, self.host, self.port))
+        try:
+            server = loop.run_until_complete(loop.create_server(self._protocol, self.host, self.port))
+        except BaseException:
+            loop.close()  # OSError: the address is taken or not this machine's
+            raise
         self.port = server.sockets[0].getsockname()[1]
         self._loop, self._server = loop, server
         self._thread = threading.Thread(target=loop.run_forever, name=f"escalier-{self.transport}",

@@ -10,7 +10,8 @@ directly. It is pure Python, so it works wherever Escalier installs:
   and ``Received`` as a real delivery agent does, and a ``Message-ID`` where the sender gave none.
 - **IMAP4rev1** (RFC 3501), written here, with ``IDLE`` (RFC 2177), ``UIDPLUS`` (RFC 4315),
   ``MOVE`` (RFC 6851), ``LITERAL+``, ``SASL-IR``, ``UNSELECT``, ``NAMESPACE``, ``CHILDREN`` and
-  keywords (``$EscalierDone``): enough for :mod:`imaplib` and for a client that polls or idles.
+  keywords (``$EscalierDone``, and the ``$Esc_`` keywords of tags; up to 50 characters, as
+  dovecot allows): enough for :mod:`imaplib` and for a client that polls or idles.
   Fetching MIME parts by number and ``BODYSTRUCTURE`` are not offered.
 
 Both speak plain text without TLS, which is only acceptable on loopback: the policy snippet says
@@ -63,6 +64,8 @@ _CAPABILITIES = (
 _SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 _SYSTEM_BY_LOWER = {flag.lower(): flag for flag in _SYSTEM_FLAGS}
 _KEYWORD = re.compile(r'[^\x00-\x20\x7f(){%*"\\\]]+')
+# Dovecot refuses longer keywords (its mail_max_keyword_length); so does the sandbox.
+MAX_KEYWORD_LENGTH = 50
 _LITERAL_AT_END = re.compile(rb"\{(\d+)(\+?)\}$")
 _SEQUENCE_SET = re.compile(r"(\d+|\*)(:(\d+|\*))?(,(\d+|\*)(:(\d+|\*))?)*")
 _SECTION = re.compile(
@@ -1599,6 +1602,8 @@ class _ImapSession:
             return flag
         if not _KEYWORD.fullmatch(text):
             raise _Bad(f"Invalid keyword {text!r}")
+        if len(text) > MAX_KEYWORD_LENGTH:
+            raise _No("[CANNOT] Keyword length too long")
         return folder.keyword(text)
 
 
