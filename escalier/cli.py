@@ -66,11 +66,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        found = _store_problem(exc)
+        if found is None:
+            raise
+        message, status = found
+        print(f"escalier: {message}", file=sys.stderr)
+        return status
     except BrokenPipeError:
         # The reader (e.g. `| head`) went away; that is not an error of ours.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+
+
+def _store_problem(exc: Exception) -> tuple[str, int] | None:
+    """A store URL that cannot be used (exit 2) or a store that cannot be opened (exit 1), said
+    in a sentence; None for anything else."""
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    if isinstance(exc, ArgumentError):
+        return (f"the store URL cannot be used ({exc}); give a SQLAlchemy URL such as "
+                "sqlite:///escalier.db or postgresql+psycopg://user@host/db"), EXIT_USAGE
+    if isinstance(exc, SQLAlchemyError):
+        cause = getattr(exc, "orig", None) or exc
+        return (f"the store could not be opened or read: {type(cause).__name__}: "
+                f"{str(cause).splitlines()[0] if str(cause) else ''}"), EXIT_FAILED
+    return None
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -48,6 +48,17 @@ def test_db_upgrade_status_and_dlq_on_a_fresh_store(tmp_path):
     assert run("dlq", "retry", "--all", "--db", url).stdout.strip() == "queued 0 dead letters again"
 
 
+@pytest.mark.parametrize("command", [("db", "upgrade"), ("status",), ("dlq", "list")])
+def test_a_store_that_cannot_be_used_is_a_sentence_not_a_stack_trace(tmp_path, command):
+    bad_url = run(*command, "--db", "nonsense://somewhere")
+    assert bad_url.returncode == 2
+    assert "the store URL cannot be used" in bad_url.stderr and "Traceback" not in bad_url.stderr
+    unopenable = run(*command, "--db", f"sqlite:///{tmp_path / 'missing' / 'store.db'}")
+    assert unopenable.returncode == 1
+    assert "the store could not be opened" in unopenable.stderr
+    assert "Traceback" not in unopenable.stderr
+
+
 def test_the_default_store_sits_beside_the_policy(tmp_path, example_policy_path):
     policy = tmp_path / "escalier.yaml"
     shutil.copy(example_policy_path, policy)
