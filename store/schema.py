@@ -28,6 +28,7 @@ __all__ = [
     "inbox",
     "mail_bounces",
     "mail_replies",
+    "mail_sent",
     "metadata",
     "outbox",
     "sync_cursors",
@@ -185,4 +186,14 @@ mail_replies = Table(
     Column("address", String(320), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=False),
     Index("ix_mail_replies_address", "instance", "address", "sent_at"),
+)
+
+# Mail: every mail sent, by its Message-ID (one per action, or per action and address), so that
+# a retry, or another worker, never sends it again.
+mail_sent = Table(
+    "mail_sent",
+    metadata,
+    Column("message_id", String(255), primary_key=True),
+    Column("instance", String(128), nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=False),
 )

@@ -44,11 +44,13 @@ With ``acknowledge_links`` set, a notice sent while its step is unacknowledged c
 auto-replied`` (RFC 3834) and ``X-Auto-Response-Suppress: All`` so that responders stay quiet;
 threading headers; a ``Date``; and a last line ``escalier:action=<key>``.
 
-**Idempotency.** When ``smtp.sent_folder`` (or the connection's ``sent_folder``) names an IMAP
-folder, every mail sent is appended there, and an action in ``batch.maybe_applied`` is looked up
-there by its Message-ID before it is sent again. Without a Sent folder an action that may have
-been sent is sent again: one possible duplicate, with the same Message-ID, which mail clients
-show once.
+**Idempotency.** Every mail sent is recorded by its Message-ID in the store (``mail_sent``,
+:mod:`~escalier.connectors.email.marks`) right after the server takes it, and a mail recorded
+there is never sent again, by this worker or another. When ``smtp.sent_folder`` (or the
+connection's ``sent_folder``) names an IMAP folder, every mail is also appended there, and an
+action in ``batch.maybe_applied`` is looked up there too. Only a worker that dies between the
+server's answer and the record can send a mail twice, with the same Message-ID, which mail
+clients show once.
 
 **Loops.** Mails to customers (acknowledgements and public comments) are never sent to an
 address marked as bouncing (:meth:`EmailConnection.mark_bouncing`, which the plugin calls for
@@ -576,6 +578,8 @@ class EmailConnection:
         # it carries (the escalation's first action is often its tags) must wait for that retry.
         tagged = self._keep_tags(batch, [a for a in batch.actions if a.kind in _TAGS])
         found = self._already_sent(mails, batch.maybe_applied)
+        marks = self._marks()
+        ledger = marks.sent(message_id_for(mail.key, self.from_address) for mail in mails)
         outgoing = _Outgoing(self._smtp_opener(), name=self.name)
         sent = 0
         failure: ConnectorError | None = None
@@ -592,8 +596,9 @@ class EmailConnection:
                 if mail.keys[0] in tagged and tagged[mail.keys[0]].error is not None:
                     outcome[mail.key] = (False, "not sent: the action failed", None)
                     continue
-                if mail.key in found:
-                    outcome[mail.key] = (False, f"already sent as {message_id_for(mail.key, self.from_address)}", None)
+                message_id = message_id_for(mail.key, self.from_address)
+                if mail.key in found or message_id in ledger:
+                    outcome[mail.key] = (False, f"already sent as {message_id}", None)
                     continue
                 reason = self._held_back(mail, ticket)
                 if reason is not None:
@@ -609,6 +614,7 @@ class EmailConnection:
                     outcome[mail.key] = (False, "", exc)
                     continue
                 sent += 1
+                marks.record_sent(message_id)
                 self._count_reply(mail)
                 note = f"; refused by the server: {', '.join(refused)}" if refused else ""
                 outcome[mail.key] = (True, f"{mail.kind} mail to {', '.join(mail.recipients())}{note}", None)

@@ -1,12 +1,15 @@
-"""What the mail connector remembers of addresses: which bounce, and its automatic replies to each.
+"""What the mail connector remembers: which addresses bounce, its automatic replies to each, and
+the mails it sent.
 
-Kept in the store when the connection has one (``mail_bounces``, ``mail_replies``), so a restart
-or another worker node keeps honouring a bounce and the hourly limit of automatic replies to one
-address; in memory otherwise (a connection used without a store, as ``escalier parse`` does).
+Kept in the store when the connection has one (``mail_bounces``, ``mail_replies``, ``mail_sent``),
+so a restart or another worker node keeps honouring a bounce and the hourly limit of automatic
+replies to one address, and never sends a mail again; in memory otherwise (a connection used
+without a store, as ``escalier parse`` does).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -16,9 +19,11 @@ from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from escalier.core.errors import TransientError
-from escalier.store.schema import mail_bounces, mail_replies
+from escalier.store.schema import mail_bounces, mail_replies, mail_sent
 
 __all__ = ["AddressMarks"]
+
+log = logging.getLogger("escalier.connectors.email")
 
 HOUR = timedelta(hours=1)
 
@@ -46,6 +51,7 @@ class AddressMarks:
         self._lock = threading.Lock()
         self._bouncing: set[str] = set()
         self._replies: dict[str, deque[float]] = {}
+        self._sent: set[str] = set()
 
     def mark_bouncing(self, addresses: Iterable[str]) -> set[str]:
         """Remember ``addresses`` (lower case) as bouncing; returns those newly marked."""
@@ -135,6 +141,41 @@ class AddressMarks:
                 ])
         except SQLAlchemyError as exc:
             raise _unavailable(exc) from exc
+
+
+    def sent(self, message_ids: Iterable[str]) -> set[str]:
+        """Those of ``message_ids`` sent already, by this worker or another."""
+        wanted = set(message_ids)
+        with self._lock:
+            found = wanted & self._sent
+        if self.engine is None or not wanted - found:
+            return found
+        try:
+            with self.engine.connect() as conn:
+                found |= set(conn.execute(
+                    select(mail_sent.c.message_id).where(mail_sent.c.message_id.in_(wanted - found))
+                ).scalars())
+        except SQLAlchemyError as exc:
+            raise _unavailable(exc) from exc
+        return found
+
+    def record_sent(self, message_id: str) -> None:
+        """Note that the mail ``message_id`` went out: it is never sent again."""
+        with self._lock:
+            self._sent.add(message_id)
+        if self.engine is None:
+            return
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(mail_sent).values(message_id=message_id, instance=self.instance,
+                                                      sent_at=self._clock()))
+        except IntegrityError:
+            return  # recorded already
+        except SQLAlchemyError as exc:
+            # The mail went out: a missing record costs at most one duplicate, never a lost mail.
+            log.warning("email.sent_record.failed", extra={"instance": self.instance,
+                                                           "message_id": message_id,
+                                                           "error": str(_unavailable(exc))})
 
 
 def _unavailable(exc: SQLAlchemyError) -> TransientError:

@@ -1,4 +1,4 @@
-"""Mail: bouncing addresses and automatic replies per address, shared by every worker.
+"""Mail: bouncing addresses, automatic replies per address, and the mails sent, shared by every worker.
 
 Revision ID: 0003
 Revises: 0002
@@ -34,9 +34,16 @@ def upgrade() -> None:
         sa.Column("sent_at", When, nullable=False),
     )
     op.create_index("ix_mail_replies_address", "mail_replies", ["instance", "address", "sent_at"])
+    op.create_table(
+        "mail_sent",
+        sa.Column("message_id", sa.String(255), primary_key=True),
+        sa.Column("instance", sa.String(128), nullable=False),
+        sa.Column("sent_at", When, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("mail_sent")
     op.drop_index("ix_mail_replies_address", table_name="mail_replies")
     op.drop_table("mail_replies")
     op.drop_table("mail_bounces")

@@ -494,16 +494,22 @@ def test_a_maybe_applied_action_is_looked_up_in_the_sent_folder_before_it_is_sen
         connection.close()
 
 
-def test_without_a_sent_folder_a_maybe_applied_action_is_sent_again_under_the_same_message_id(
-    sandbox, connection
-):
+def test_without_a_sent_folder_the_store_remembers_each_mail_that_went_out(sandbox, engine):
     ticket = customer_ticket()
     tid = ticket.id
-    actions = (action(ActionKind.COMMENT, 41, tid, body="maybe twice", public=False, target=TIER_2),)
-    connection.apply_batch(ActionBatch("email", "default", tid, actions, ticket=ticket))
-    connection.apply_batch(ActionBatch("email", "default", tid, actions, frozenset({actions[0].key}), ticket))
+    actions = (action(ActionKind.COMMENT, 41, tid, body="once only", public=False, target=TIER_2),)
+    first = EmailConnection(email_config(sandbox), "default", ENVIRON, {}, store_engine=engine)
+    [sent] = first.apply_batch(ActionBatch("email", "default", tid, actions, ticket=ticket))
+    first.close()
+    assert sent.applied
+    # A worker that took the action over after a crash (another connection on the same store).
+    second = EmailConnection(email_config(sandbox), "default", ENVIRON, {}, store_engine=engine)
+    [again] = second.apply_batch(ActionBatch("email", "default", tid, actions,
+                                             frozenset({actions[0].key}), ticket))
+    second.close()
+    assert (again.applied, again.calls) == (False, 0) and "already sent" in again.detail
     ids = [m["Message-ID"] for m in read_back(sandbox, "specialists")]
-    assert len(ids) == 2 and ids[0] == ids[1]
+    assert ids == [message_id_for(actions[0].key, "escalations@northwind.example")]
 
 
 def test_check_logs_in_to_both_servers_and_fetch_ticket_says_mail_keeps_none(sandbox, connection):
