@@ -7,6 +7,7 @@ which builds the same subcommand through the same ``add_command``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -61,11 +62,8 @@ def mail(message_id: str) -> bytes:
 def wait_listening(process: subprocess.Popen, port: int) -> None:
     deadline = time.monotonic() + 60
     while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            pass
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return  # listening
         if process.poll() is not None or time.monotonic() > deadline:
             _, err = process.communicate(timeout=10)
             pytest.fail(f"the receiver did not listen (exit {process.returncode}): {err[-2000:]}")

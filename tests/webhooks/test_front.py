@@ -4,6 +4,7 @@ in any framing, requests gunicorn itself refuses, and what an instance leaves in
 from __future__ import annotations
 
 import http.client
+import contextlib
 import json
 import os
 import socket
@@ -67,13 +68,11 @@ def port(tmp_path, home) -> Iterator[int]:
         deadline = time.monotonic() + 30
         while True:
             assert server.poll() is None, server.stderr.read().decode()[-2000:]
-            try:
-                with socket.create_connection(("127.0.0.1", chosen), timeout=5) as probe:
-                    probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    if b" 200 " in probe.recv(1024):
-                        break
-            except OSError:
-                pass
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", chosen),
+                                                                        timeout=5) as probe:
+                probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if b" 200 " in probe.recv(1024):
+                    break  # serving
             assert time.monotonic() < deadline, "the receiver did not start"
             time.sleep(0.1)
         yield chosen
