@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from zendesk_rig import SEVERITY_FIELD, zendesk_rig
+from zendesk_rig import SEVERITY_FIELD, USERS_FIELD, zendesk_rig
 
 from escalier.runtime.testing import FakeClock
 
@@ -160,3 +160,34 @@ def test_a_change_right_after_a_read_is_decided_on_the_changed_ticket(tmp_path, 
                               as_user="mia")
         rig.settle()
         assert sandbox.ticket(ticket_id)["group_id"] == 360000102
+
+
+def test_a_burst_goes_upstream_most_urgent_first_whatever_the_order_it_came_in(tmp_path):
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    with zendesk_rig(tmp_path, clock=clock) as rig:
+        sandbox = rig.sandbox
+        tickets = [sandbox.create_ticket(f"Exports fail ({n})",
+                                         custom_fields={SEVERITY_FIELD: "severity_medium"})["id"]
+                   for n in range(150)]
+        rig.settle(timeout=100)
+        # People raise them to critical: the 100 single-user ones (tier 2) first, then the 50
+        # widespread ones (tier 3, more urgent).
+        single, widespread = tickets[:100], tickets[100:]
+        for ticket_id in single:
+            sandbox.update_ticket(ticket_id, custom_fields={SEVERITY_FIELD: "severity_critical"},
+                                  as_user="mia")
+        for ticket_id in widespread:
+            sandbox.update_ticket(ticket_id, custom_fields={SEVERITY_FIELD: "severity_critical",
+                                                            USERS_FIELD: 300}, as_user="mia")
+        assert sandbox.wait_for_deliveries(timeout=30)
+        # The deciding thread takes every change before the outbox's next pass.
+        decided = sum(iter(rig.worker.process_inbox, 0))
+        assert decided >= 150
+        # One pass of the outbox, as far as its batch goes: the 50 most urgent tickets.
+        rig.worker.process_outbox()
+        groups = {t: sandbox.ticket(t)["group_id"] for t in tickets}
+        assert all(groups[t] == 360000103 for t in widespread), "a tier-3 move waited"
+        assert all(groups[t] == 360000101 for t in single), "a tier-2 move went first"
+        rig.settle(timeout=100)
+        assert all(sandbox.ticket(t)["group_id"] == 360000102 for t in single)
+        assert sandbox.duplicate_keys() == []

@@ -19,6 +19,7 @@ SECRET = "zendesk-signing-secret"
 TOKEN = "sandbox-token"
 ENVIRON = {"ZENDESK_API_TOKEN": TOKEN, "ZENDESK_WEBHOOK_SECRET": SECRET}
 SEVERITY_FIELD = 360000201
+USERS_FIELD = 360000202
 
 POLICY = """\
 name: Zendesk end to end
