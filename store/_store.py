@@ -899,34 +899,30 @@ class Store:
             return []
         now = utc(now)
         c = sync_cursors.c
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         with self.begin() as tx:
             connection = tx.connection
-            rows = {
-                (row.system, row.instance): row
-                for row in connection.execute(select(sync_cursors))
-            }
-            missing = [account for account in accounts if account not in rows]
-            if missing:
-                connection.execute(
-                    insert(sync_cursors),
-                    [{"system": system, "instance": instance, "due_at": now} for system, instance in missing],
-                )
+            # Workers on other nodes start together: the first insert wins, the rest add nothing.
+            connection.execute(
+                dialect.insert(sync_cursors).on_conflict_do_nothing(),
+                [{"system": system, "instance": instance, "due_at": now} for system, instance in accounts],
+            )
             due = []
-            for account in accounts:
-                row = rows.get(account)
-                if row is not None:
-                    if utc(row.due_at) > now:
-                        continue
-                    held = row.claimed_until is not None and utc(row.claimed_until) >= now
-                    if held and row.claimed_by != worker_id:
-                        continue
-                due.append(ClaimedCursor(*account, row.cursor if row is not None else None))
-            for claimed in due:
-                connection.execute(
+            for system, instance in accounts:
+                # One conditional update per account: of two workers, one gets the row back.
+                claimed = connection.execute(
                     update(sync_cursors)
-                    .where(c.system == claimed.system, c.instance == claimed.instance)
+                    .where(
+                        c.system == system,
+                        c.instance == instance,
+                        c.due_at <= now,
+                        _claimable(sync_cursors, worker_id, now),
+                    )
                     .values(claimed_by=worker_id, claimed_until=now + lease)
-                )
+                    .returning(c.cursor)
+                ).first()
+                if claimed is not None:
+                    due.append(ClaimedCursor(system, instance, claimed.cursor))
         return due
 
     def save_cursor(

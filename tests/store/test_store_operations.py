@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from threading import Barrier
 
 import pytest
 
 from escalier.core.model import Action, EscalationState, HistoryEntry, Ticket
-from escalier.store import StaleStateError, Store
+from escalier.store import StaleStateError, Store, create_store_engine
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 LEASE = timedelta(minutes=1)
@@ -94,3 +96,27 @@ def test_dead_letters_unblock_their_ticket_and_can_be_retried(store: Store) -> N
     assert store.retry_dead_letters(None, now=NOW) == 0
     counts = store.counts(now=NOW)
     assert counts["open_by_tier"] == {1: 1} and counts["outbox_pending"] == 2 and counts["dead_letters"] == 0
+
+
+def test_workers_starting_together_claim_each_connection_once(store_url: str, store: Store) -> None:
+    """Nodes that start at once all register the new connections; each is claimed by one of them."""
+    accounts = [("jira", "cloud"), ("zendesk", "default"), ("email", "support")]
+    engines = [create_store_engine(store_url) for _ in range(6)]
+    start = Barrier(len(engines))
+    lease = timedelta(minutes=5)
+
+    def claim(n: int) -> list[tuple[str, str]]:
+        start.wait(timeout=10)
+        due = Store(engines[n]).claim_cursors(f"node-{n}", accounts, now=NOW, lease=lease)
+        return [(cursor.system, cursor.instance) for cursor in due]
+
+    try:
+        with ThreadPoolExecutor(len(engines)) as pool:
+            claimed = [account for due in pool.map(claim, range(len(engines))) for account in due]
+    finally:
+        for engine in engines:
+            engine.dispose()
+    assert sorted(claimed) == sorted(accounts)
+    # Held by its claimant until the lease ends, then anyone's once due.
+    assert store.claim_cursors("late", accounts, now=NOW + timedelta(minutes=1), lease=lease) == []
+    assert len(store.claim_cursors("late", accounts, now=NOW + lease + timedelta(seconds=1), lease=lease)) == 3
