@@ -66,6 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away; that is not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:
         found = _store_problem(exc)
         if found is None:
@@ -73,11 +78,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         message, status = found
         print(f"escalier: {message}", file=sys.stderr)
         return status
-    except BrokenPipeError:
-        # The reader (e.g. `| head`) went away; that is not an error of ours.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
 
 
 def _store_problem(exc: Exception) -> tuple[str, int] | None:

@@ -103,3 +103,16 @@ def test_simulate_bad_ticket_exits_2(example_policy_path, tmp_path):
     result = run("simulate", str(example_policy_path), str(bad))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert str(bad) in result.stderr
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(example_policy_path):
+    """`escalier schema | head -1`: the pipe closing under the command is not an error."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "escalier", "schema"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.read(10)
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0, stderr
+    assert "Traceback" not in stderr
