@@ -11,7 +11,9 @@ priority, explicit nulls) and the change itself in ``event``. **Trigger webhooks
 JSON the admin's template renders: every value a string, tags space-separated, dates as the
 account formats them. The parser reads the recommended body (``docs/zendesk.md``) and is liberal
 about a customised one: flat or under ``"ticket"``, ids or names, missing fields; when the body
-cannot make a ticket, the ticket is read with ``fetch`` (or left out without it).
+cannot make a ticket, the ticket is read with ``fetch`` (or left out without it). An event of
+Zendesk's Events Connector (Amazon EventBridge, ``"detail-type": "Support Ticket: ..."``) is read
+as the event webhook of the same change.
 
 Event ids, so that a change seen by a webhook and by the export is decided once:
 
@@ -211,6 +213,8 @@ def parse_delivery(
     reader = _Reader.of(site, raw.instance)
     received = _aware(raw.received_at)
     try:
+        if isinstance(payload.get("detail-type"), str) and isinstance(payload.get("detail"), Mapping):
+            payload = _from_eventbridge(payload)
         if isinstance(payload.get("type"), str) and payload["type"].startswith(EVENT_PREFIX):
             return _EventDelivery(reader, payload, received, fetch).events()
         if isinstance(payload.get("type"), str) and isinstance(payload.get("detail"), Mapping):
@@ -223,6 +227,54 @@ def parse_delivery(
         raise PayloadError(
             f"the Zendesk delivery does not make a valid event: {_first_error(exc)}"
         ) from exc
+
+
+# Amazon EventBridge names (``"Support Ticket: Comment Created"``) that differ from the webhooks'.
+_EVENTBRIDGE_NAMES = {
+    "comment_created": "comment_added",
+    "ticket_created": "created",
+    "ticket_merged": "merged",
+    "ticket_soft_deleted": "soft_deleted",
+    "ticket_permanently_deleted": "permanently_deleted",
+    "ticket_undeleted": "undeleted",
+    "ticket_marked_as_spam": "marked_as_spam",
+    "ticket_type_changed": "type_changed",
+    "form_changed": "ticket_form_changed",
+}
+_EVENTBRIDGE_TICKET = "Support Ticket:"
+
+
+def _from_eventbridge(envelope: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A Zendesk Events Connector event (Amazon EventBridge) as the event webhook of that change.
+
+    EventBridge sends ``{"detail-type": "Support Ticket: Status Changed", "id", "time",
+    "detail": {"ticket_event": {"meta": {"occurred_at", "actor_id"}, "type", "previous",
+    "current", "comment", "ticket": {...}}}}``: the same facts as the webhook, ids as numbers.
+    A rule forwarding it to the receiver (an API destination) needs no template.
+    """
+    kind = str(envelope["detail-type"]).strip()
+    if not kind.startswith(_EVENTBRIDGE_TICKET):
+        raise DeliverySkipped(
+            "unsupported_event",
+            f"Zendesk's EventBridge event {_short(kind)!r} is not about a ticket; escalations "
+            "follow tickets only",
+        )
+    change = _mapping(_mapping(envelope["detail"]).get("ticket_event"))
+    ticket = change.get("ticket")
+    if not isinstance(ticket, Mapping):
+        raise PayloadError(f"the EventBridge event {_short(kind)!r} carries no detail.ticket_event.ticket")
+    words = re.sub(r"[^a-z0-9]+", "_", kind[len(_EVENTBRIDGE_TICKET):].strip().lower()).strip("_")
+    name = _EVENTBRIDGE_NAMES.get(words, words)
+    meta = _mapping(change.get("meta"))
+    event = {key: value for key, value in change.items() if key not in ("ticket", "meta", "type")}
+    return {
+        "type": f"{TICKET_PREFIX}{name}",
+        "id": envelope.get("id"),
+        "time": meta.get("occurred_at") or envelope.get("time"),
+        "subject": f"zen:ticket:{ticket.get('id')}",
+        "detail": {**ticket, "actor_id": meta.get("actor_id")},
+        "event": event,
+    }
 
 
 def events_from_export(
@@ -643,6 +695,14 @@ class _TriggerDelivery:
             raise PayloadError(
                 "the body is neither a Zendesk event webhook (no zen:event-type) nor a trigger "
                 f"body naming a ticket (no ticket_id; keys: {keys})"
+            )
+        if not values.id.isdigit():
+            # Zendesk numbers its tickets; anything else is another body carrying an "id".
+            hint = (" (a placeholder left as written, as Zendesk's \"Test webhook\" sends it)"
+                    if "{{" in values.id else "")
+            raise PayloadError(
+                f"the trigger body's ticket id {_short(values.id)!r} is not a Zendesk ticket "
+                f"number{hint}"
             )
         instance = self.reader.instance
         ticket_id = values.id

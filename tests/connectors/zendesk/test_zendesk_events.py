@@ -182,6 +182,24 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         id="zendesk:acme:5150:event:1f0e2d3c-0014-4a00-8000-000000000014", kind=EventKind.UPDATED,
         ticket=None, occurred_at=at("2026-03-06T10:55:00Z"),
     )]),
+    # Zendesk's Events Connector (Amazon EventBridge) forwarded to the receiver: the same ids as
+    # the event webhooks of the same update, ids as numbers, names of its own.
+    ("eventbridge-agent-assignment-changed.json", "site", [dict(
+        id=v("5150", "2026-03-06T10:20:00Z"), kind=EventKind.ASSIGNED, actor="9000000000004",
+        actor_role=ActorRole.AGENT, occurred_at=at("2026-03-06T10:20:00.118004Z"),
+        ticket=dict(assignee=DANA, group="tier-1", priority="urgent", severity="critical",
+                    status_category=StatusCategory.OPEN, tags=("vip", "export"), requester=CHRIS,
+                    organization="361000007"),
+        changes=(("assignee_id", None, DANA),),
+    )]),
+    ("eventbridge-comment-created.json", "site", [
+        dict(id=v("5150", "2026-03-06T10:40:00Z"), kind=EventKind.UPDATED, actor=CHRIS,
+             actor_role=ActorRole.CUSTOMER),
+        dict(id=comment_event_id("acme", "5150", "8800000000107"), kind=EventKind.COMMENTED,
+             actor=CHRIS, actor_role=ActorRole.CUSTOMER,
+             comment=dict(body="Still failing for every EU user, and payroll closes tonight.",
+                          public=True, author=CHRIS, author_role=ActorRole.CUSTOMER)),
+    ]),
     ("trigger-recommended.json", "mapped", [
         dict(id="zendesk:acme:5150:trigger:inv-77", kind=EventKind.UPDATED, actor=DANA,
              occurred_at=at("2026-03-06T10:15:00Z"),
@@ -251,11 +269,13 @@ def test_payload_gives_the_expected_events(
 
 def test_every_payload_file_is_in_the_table_or_skipped() -> None:
     tabled = {c[0] for c in CASES} | {"user-created.json", "event-organization-created.json",
-                                       "rest-ticket.json"}
+                                       "eventbridge-user-created.json", "rest-ticket.json"}
     assert {p.name for p in PAYLOADS.glob("*.json")} == tabled
 
 
-@pytest.mark.parametrize("name", ["user-created.json", "event-organization-created.json"])
+@pytest.mark.parametrize(
+    "name", ["user-created.json", "event-organization-created.json", "eventbridge-user-created.json"]
+)
 def test_events_about_other_objects_are_skipped_with_a_reason(name: str) -> None:
     with pytest.raises(DeliverySkipped) as caught:
         parse(name, SITE)
@@ -401,6 +421,11 @@ def test_without_a_site_group_ids_stay_ids_and_nobody_is_ours() -> None:
         (b'{"type": "zen:event-type:ticket.created", "id": "x"}', "no detail object"),
         (b'{"type": "zen:event-type:ticket.created", "detail": {"status": "OPEN"}}', "names no ticket"),
         (b'{"type": "ticket.created", "detail": {}}', "not a Zendesk event type"),
+        # Zendesk's "Test webhook" sends the body with its placeholders as written.
+        (b'{"ticket_id": "{{ticket.id}}", "status": "{{ticket.status}}"}', "placeholder left as written"),
+        (b'{"id": "6f1d2c3b-0021", "version": "0"}', "not a Zendesk ticket number"),
+        (b'{"detail-type": "Support Ticket: Status Changed", "detail": {"ticket_event": {}}}',
+         "carries no detail.ticket_event.ticket"),
     ],
 )
 def test_garbage_is_a_payload_error_with_one_sentence(body: bytes, reason: str) -> None:
@@ -419,10 +444,11 @@ json_values = st.recursive(
 )
 KEYS = ["type", "detail", "event", "id", "subject", "time", "ticket_id", "ticket", "status",
         "priority", "tags", "group_id", "assignee_id", "updated_at", "created_at", "comment",
-        "current_user_id", "custom_fields", "actor_id", "comment_id"]
+        "current_user_id", "custom_fields", "actor_id", "comment_id", "detail-type", "ticket_event"]
 zendesk_shaped = st.dictionaries(
     st.sampled_from(KEYS),
     json_values | st.sampled_from(["zen:event-type:ticket.comment_added", "zen:event-type:user.created",
+                                   "Support Ticket: Comment Created",
                                    "2026-03-06T10:00:00Z", "OPEN", "5150", "March 6, 2026 10:00"]),
     max_size=10,
 )
