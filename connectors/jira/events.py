@@ -42,6 +42,7 @@ from escalier.core.model import (
 )
 
 __all__ = [
+    "AUTOMATION_EVENT",
     "SYSTEM",
     "changelog_event_id",
     "comment_event_id",
@@ -49,12 +50,15 @@ __all__ = [
     "deleted_event_id",
     "events_from_issue",
     "is_complete",
+    "issue_updated_at",
     "parse_delivery",
     "ticket_from_issue",
     "updated_event_id",
 ]
 
 SYSTEM = "jira"
+# The event type given to an automation rule's request, which names none of its own.
+AUTOMATION_EVENT = "automation"
 
 _ISSUE_EVENTS = frozenset({"jira:issue_created", "jira:issue_updated", "jira:issue_deleted"})
 _COMMENT_EVENTS = frozenset({"comment_created", "comment_updated"})
@@ -210,8 +214,9 @@ def parse_delivery(
     payload = _load(raw.body)
     event = payload.get("webhookEvent")
     if not isinstance(event, str) or not event:
-        raise PayloadError("the delivery carries no webhookEvent, so it is not a Jira webhook")
-    if event not in _ISSUE_EVENTS and event not in _COMMENT_EVENTS:
+        payload = _automation_request(payload)
+        event = AUTOMATION_EVENT
+    if event not in _ISSUE_EVENTS and event not in _COMMENT_EVENTS and event != AUTOMATION_EVENT:
         raise DeliverySkipped(
             "unsupported_event", f"Jira's {event} event carries nothing escalations follow"
         )
@@ -240,6 +245,34 @@ def parse_delivery(
         raise PayloadError(
             f"the {event} delivery does not make a valid event: {_first_error(exc)}"
         ) from exc
+
+
+def issue_updated_at(issue: Any) -> datetime | None:
+    """When the issue was last updated (``fields.updated``), if it says so readably."""
+    return _time(_mapping(_mapping(issue).get("fields")).get("updated"))
+
+
+def _automation_request(payload: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An automation rule's request as the ``issue_updated`` webhook of the issue it carries.
+
+    Jira Automation's *Send web request* with *Issue data* (Jira or Automation format) sends the
+    issue itself (``{"id", "key", "fields", ...}``); Service Management's automation webhook
+    sends ``{"timestamp", "issue", "comment"?, "user"?}``. Neither says what changed: the event
+    is the issue as it now is, keyed by the request's ``timestamp`` or the issue's ``updated``.
+    """
+    nested = payload.get("issue")
+    issue = nested if isinstance(nested, Mapping) else payload
+    if not isinstance(issue.get("fields"), Mapping) or not (
+        _id(issue.get("id")) or _id(issue.get("key"))
+    ):
+        raise PayloadError(
+            "the delivery carries no webhookEvent and no issue with its fields, so it is neither "
+            "a Jira webhook nor an automation rule's request"
+        )
+    request: dict[str, Any] = {"issue": issue}
+    if isinstance(nested, Mapping):
+        request.update({k: payload[k] for k in ("timestamp", "comment", "user") if k in payload})
+    return request
 
 
 def events_from_issue(

@@ -5,6 +5,11 @@ body>`` (the WebSub format, ``sha256`` in practice). The signature covers no tim
 are bounded by the payload's own ``timestamp`` (epoch milliseconds, checked by the receiver against
 its payload age limit) and by ``X-Atlassian-Webhook-Identifier``, which stays the same on every
 retry of one delivery.
+
+A rule of Jira Automation (*Send web request*) cannot sign: it authenticates with the secret in an
+``X-Escalier-Token`` header, compared in constant time. Its body (the issue, or Service
+Management's ``{"timestamp", "issue", ...}``) names no ``webhookEvent``; its event type is
+``automation``.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from escalier.core.extensions import OwnIdentity, WebhookSpec
+from escalier.connectors.jira.events import AUTOMATION_EVENT, issue_updated_at
 from escalier.core.hookspecs import hookimpl
-from escalier.webhooks.verification import Rejected, check_hex_hmac
+from escalier.webhooks.token import TOKEN_HEADER
+from escalier.webhooks.verification import Rejected, check_hex_hmac, check_token
 
 __all__ = [
     "HANDLED_EVENTS",
@@ -42,6 +49,7 @@ HANDLED_EVENTS = frozenset(
         "comment_created",
         "comment_updated",
         "comment_deleted",
+        AUTOMATION_EVENT,
     }
 )
 
@@ -49,10 +57,21 @@ HANDLED_EVENTS = frozenset(
 def verify(
     headers: Mapping[str, str], body: bytes, secrets: Sequence[str], now: datetime
 ) -> datetime | None:
-    """Check ``X-Hub-Signature`` against the raw body; Jira signs no timestamp, so returns None."""
+    """Check ``X-Hub-Signature`` against the raw body; Jira signs no timestamp, so returns None.
+
+    A request without a signature but with ``X-Escalier-Token`` (an automation rule's) is checked
+    by its token instead.
+    """
     header = headers.get(SIGNATURE_HEADER)
+    if not header and headers.get(TOKEN_HEADER):
+        check_token(headers.get(TOKEN_HEADER), secrets)
+        return None
     if not header:
-        raise Rejected("missing_signature", f"the request carries no {SIGNATURE_HEADER} header")
+        raise Rejected(
+            "missing_signature",
+            f"the request carries no {SIGNATURE_HEADER} header (nor, from an automation rule, "
+            f"{TOKEN_HEADER})",
+        )
     algorithm, sep, signature = header.partition("=")
     if not sep or not signature:
         raise Rejected("bad_signature", f"{SIGNATURE_HEADER} is not '<method>=<hex digest>'")
@@ -61,8 +80,16 @@ def verify(
 
 
 def sent_at(headers: Mapping[str, str], payload: Any) -> datetime | None:
-    """The payload's ``timestamp`` (epoch milliseconds) as a UTC time, if it carries a sane one."""
+    """The payload's ``timestamp`` (epoch milliseconds) as a UTC time, if it carries a sane one.
+
+    For an automation rule's issue data, which has none, the issue's ``fields.updated``.
+    """
     stamp = payload.get("timestamp") if isinstance(payload, dict) else None
+    if stamp is None and event_type(headers, payload) == AUTOMATION_EVENT:
+        # An automation rule's issue data carries no timestamp: a rule fires on a change, so the
+        # issue's last update bounds the request's age.
+        nested = payload.get("issue")
+        return issue_updated_at(nested if isinstance(nested, dict) else payload)
     if isinstance(stamp, bool) or not isinstance(stamp, (int, float)):
         return None
     try:
@@ -78,9 +105,20 @@ def delivery_id(headers: Mapping[str, str], payload: Any) -> str | None:
 
 
 def event_type(headers: Mapping[str, str], payload: Any) -> str | None:
-    """The payload's ``webhookEvent`` (``jira:issue_updated``, ``comment_created``, ...)."""
-    value = payload.get("webhookEvent") if isinstance(payload, dict) else None
-    return value if isinstance(value, str) and value else None
+    """The payload's ``webhookEvent`` (``jira:issue_updated``, ``comment_created``, ...).
+
+    ``automation`` for a body without one that carries an issue (an automation rule's request).
+    """
+    if not isinstance(payload, dict):
+        return None
+    value = payload.get("webhookEvent")
+    if isinstance(value, str) and value:
+        return value
+    if "webhookEvent" not in payload and (
+        isinstance(payload.get("issue"), dict) or isinstance(payload.get("fields"), dict)
+    ):
+        return AUTOMATION_EVENT
+    return None
 
 
 def handles(event: str | None) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -52,6 +52,34 @@ def test_a_signed_jira_event_is_stored(app, client):
     [row] = rows(app)
     assert (row.source, row.delivery_id, row.event_type) == ("jira", "jira-1", "jira:issue_updated")
     assert "X-Hub-Signature" not in row.headers
+
+
+def test_a_jira_automation_request_authenticates_by_its_token(app, client, clock):
+    """Jira Automation cannot sign: its request carries the secret in X-Escalier-Token, and the
+    issue's last update bounds its age (the body has no timestamp)."""
+    body = payload("jira", "automation-issue-data")
+    headers = {"Content-Type": "application/json", "X-Escalier-Token": JIRA_SECRET}
+    updated = datetime(2026, 3, 6, 10, 42, 13, tzinfo=UTC)
+    clock.advance(updated + timedelta(minutes=61) - clock())
+    stale = client.post(JIRA, data=body, headers=headers)
+    assert (stale.status_code, stale.json["error"]) == (401, "replayed")
+    clock.advance(timedelta(minutes=-60))
+    response = client.post(JIRA, data=body, headers=headers)
+    assert response.status_code == 202, response.json
+    [row] = rows(app)
+    assert (row.source, row.event_type, row.state) == ("jira", "automation", "pending")
+    assert "X-Escalier-Token" not in row.headers
+
+
+@pytest.mark.parametrize(
+    ("headers", "error"),
+    [({"X-Escalier-Token": "not-the-secret"}, "bad_token"), ({}, "missing_signature")],
+)
+def test_a_jira_automation_request_without_its_token_is_refused(app, client, headers, error):
+    body = payload("jira", "automation-issue-data")
+    response = client.post(JIRA, data=body, headers={"Content-Type": "application/json", **headers})
+    assert (response.status_code, response.json["error"]) == (401, error)
+    assert rows(app) == []
 
 
 @pytest.mark.parametrize("algorithm", ["sha256", "sha512"])

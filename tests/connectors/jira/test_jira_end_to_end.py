@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import pytest
 import requests
-from jira_rig import SECRET, jira_keys, jira_rig, labels
+from jira_rig import SECRET, TOKEN, jira_keys, jira_rig, labels
 
 from escalier.runtime.testing import FakeClock
 
@@ -194,3 +194,32 @@ def test_200_breaches_on_a_100_a_minute_budget_land_once_most_urgent_first(tmp_p
         minutes = (clock.now() - breached).total_seconds() / 60
         # (the upper bound leaves room for the pauses that the sandbox's own 429s ask for).
         assert (writes - 100) / 100 - 0.1 <= minutes <= writes / 100 * 1.5 + 2, (writes, minutes)
+
+
+def test_an_automation_rules_request_escalates_an_issue_without_a_webhook(tmp_path):
+    """Jira Automation's "Send web request" with the issue data and the secret in a header."""
+    with jira_rig(tmp_path) as rig:
+        sandbox = rig.sandbox
+        sandbox.drop_webhooks(1)
+        key = sandbox.create_issue("SUP", "Reports export times out", priority="High",
+                                   fields=rig.severity("critical"), as_user="dana")["key"]
+        rig.settle()
+        assert rig.inbox_rows() == []
+
+        # What the rule sends: the issue as Jira's REST API gives it.
+        issue = requests.get(f"{sandbox.url}/rest/api/2/issue/{key}", auth=("escalier@example.com", TOKEN),
+                             timeout=10).json()
+        body = json.dumps(issue).encode()
+        url = f"{rig.receiver_url}/webhooks/jira"
+        headers = {"Content-Type": "application/json", "X-Escalier-Token": SECRET}
+        assert requests.post(url, data=body, headers={**headers, "X-Escalier-Token": "wrong"},
+                             timeout=10).status_code == 401
+        assert requests.post(url, data=body, headers=headers, timeout=10).status_code == 202
+        rig.settle()
+
+        assert "tier-2" in labels(sandbox.issue(key))
+        # The rule firing twice on the same update changes nothing.
+        assert requests.post(url, data=body, headers=headers, timeout=10).json() == {"status": "duplicate"}
+        rig.settle()
+        assert sandbox.duplicate_keys() == []
+        assert len([row for row in rig.inbox_rows() if row.event_type == "automation"]) == 1

@@ -246,6 +246,21 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         id="jira:acme:10013:comment:10090:1772812200000", actor="ops-bot",
         actor_role=ActorRole.ESCALIER,
     )]),
+    # Jira Automation's "Send web request" with the issue data: the issue as it now is.
+    ("automation-issue-data.json", "cloud", [dict(
+        id="jira:acme:10070:updated:1772793733500", kind=EventKind.UPDATED, ticket_id="SUP-7",
+        occurred_at=at("2026-03-06T10:42:13.500+00:00"), changes=(),
+        ticket=dict(priority="high", severity="critical", users_affected=1200, group="Tier 2",
+                    assignee=DANA, tags=("checkout", "eu"), status_category=StatusCategory.NEW),
+    )]),
+    # Service Management's automation webhook with a comment: the comment, under the id its
+    # comment_created webhook gives.
+    ("jsm-automation-comment.json", "cloud", [dict(
+        id=comment_event_id("acme", "10070", load("jsm-automation-comment.json")["comment"]),
+        kind=EventKind.COMMENTED, actor=CUSTOMER, actor_role=ActorRole.CUSTOMER,
+        comment=dict(body="Still failing, and now for the US shop too.", public=True,
+                     author_role=ActorRole.CUSTOMER),
+    )]),
     ("server-comment-created.json", "none", [dict(
         id="jira:acme:10013:comment:10082:1772812200000", actor="dana", ticket_id="10013",
         comment=dict(body="Customer confirmed the workaround.", public=True),
@@ -551,6 +566,8 @@ def test_other_webhook_events_are_skipped(event: str) -> None:
         (b"[" * 100_000 + b"]" * 100_000, "nests too deeply"),
         (b'["jira:issue_updated"]', "not an object"),
         (b'{"timestamp": 1772791200000}', "no webhookEvent"),
+        (b'{"timestamp": 1772791200000, "issue": {"key": "SUP-7"}}', "no issue with its fields"),
+        (b'{"key": "SUP-7", "fields": []}', "neither a Jira webhook nor an automation rule"),
         (b'{"webhookEvent": 7}', "no webhookEvent"),
         (b'{"webhookEvent": "jira:issue_updated", "timestamp": 1}',
          "neither an issue nor a comment"),
