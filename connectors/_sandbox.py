@@ -654,6 +654,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            # The client went away mid-request: act on nothing, as the real APIs do.
+            self.close_connection = True
+            return
         headers = {k: v for k, v in self.headers.items()}
         try:
             status, out_headers, out_body = self.owner.dispatch(

@@ -264,6 +264,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            # The client went away mid-request (a worker killed while sending): as a real server
+            # does, act on nothing and drop the connection.
+            self.close_connection = True
+            return
         status, headers, payload = self.owner._handle(method, self.path, body)
         data = json.dumps(payload).encode()
         self.send_response(status)

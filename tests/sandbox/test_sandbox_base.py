@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -18,6 +19,7 @@ import pytest
 import requests
 
 from escalier.connectors._sandbox import Request, Response, Sandbox, run_sandbox
+from escalier.runtime.testing import Upstream
 
 FAST = (0.05, 0.05)
 
@@ -333,3 +335,28 @@ def test_run_sandbox_serves_until_sigterm_and_says_what_it_delivered(receiver: R
     assert text.rstrip().endswith("stopped")
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.get(f"{sandbox.url}/api/things/1", timeout=1)
+
+
+def _send_half_a_request(url: str, path: str) -> None:
+    """Headers promising a 200-byte body, none of it, then the connection closed."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as client:
+        client.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                       "Content-Length: 200\r\n\r\n".encode())
+
+
+def test_a_client_that_dies_mid_request_changes_nothing(sandbox: ThingsSandbox) -> None:
+    """A worker killed while sending: the sandbox acts on nothing, as the real APIs do."""
+    _send_half_a_request(sandbox.url, "/api/things")
+    assert requests.get(f"{sandbox.url}/api/things/2", timeout=5).status_code == 404
+    assert sandbox.things.keys() == {"1"}
+    assert "POST /api/things" not in sandbox.calls()  # never taken for a request
+
+
+def test_the_recording_upstream_records_no_half_request() -> None:
+    with Upstream() as upstream:
+        _send_half_a_request(upstream.url, "/tickets/T-1/actions")
+        answer = requests.post(f"{upstream.url}/tickets/T-1/actions", json={"key": "k-1", "kind": "tag"},
+                               timeout=5)
+        assert answer.status_code == 201
+        assert upstream.keys_by_ticket() == {"T-1": ["k-1"]}
