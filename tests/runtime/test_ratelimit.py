@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import pluggy
 import pytest
-from runtime_support import START
 from sqlalchemy import func, select
 
 from escalier.core.config import load_policy
