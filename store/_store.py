@@ -905,7 +905,8 @@ class Store:
             # Workers on other nodes start together: the first insert wins, the rest add nothing.
             connection.execute(
                 dialect.insert(sync_cursors).on_conflict_do_nothing(),
-                [{"system": system, "instance": instance, "due_at": now} for system, instance in accounts],
+                [{"system": system, "instance": instance, "due_at": now}
+                 for system, instance in accounts],
             )
             due = []
             for system, instance in accounts:

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from escalier.core.extensions import OwnIdentity, WebhookSpec
 from escalier.connectors.jira.events import AUTOMATION_EVENT, issue_updated_at
+from escalier.core.extensions import OwnIdentity, WebhookSpec
 from escalier.core.hookspecs import hookimpl
 from escalier.webhooks.token import TOKEN_HEADER
 from escalier.webhooks.verification import Rejected, check_hex_hmac, check_token

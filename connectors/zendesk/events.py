@@ -213,7 +213,8 @@ def parse_delivery(
     reader = _Reader.of(site, raw.instance)
     received = _aware(raw.received_at)
     try:
-        if isinstance(payload.get("detail-type"), str) and isinstance(payload.get("detail"), Mapping):
+        eventbridge = isinstance(payload.get("detail"), Mapping)
+        if eventbridge and isinstance(payload.get("detail-type"), str):
             payload = _from_eventbridge(payload)
         if isinstance(payload.get("type"), str) and payload["type"].startswith(EVENT_PREFIX):
             return _EventDelivery(reader, payload, received, fetch).events()
@@ -262,7 +263,9 @@ def _from_eventbridge(envelope: Mapping[str, Any]) -> Mapping[str, Any]:
     change = _mapping(_mapping(envelope["detail"]).get("ticket_event"))
     ticket = change.get("ticket")
     if not isinstance(ticket, Mapping):
-        raise PayloadError(f"the EventBridge event {_short(kind)!r} carries no detail.ticket_event.ticket")
+        raise PayloadError(
+            f"the EventBridge event {_short(kind)!r} carries no detail.ticket_event.ticket"
+        )
     words = re.sub(r"[^a-z0-9]+", "_", kind[len(_EVENTBRIDGE_TICKET):].strip().lower()).strip("_")
     name = _EVENTBRIDGE_NAMES.get(words, words)
     meta = _mapping(change.get("meta"))
