@@ -200,10 +200,12 @@ examples:
         "show what a connector reads from a captured delivery",
         """\
 Show what a connector reads from one captured delivery: a webhook body saved
-from Jira's or Zendesk's delivery log, or an .eml file for email. No store, no
-network and no policy are needed; this is how to find out why Escalier ignored
-a delivery. With --policy, the connector's settings (field mapping, statuses,
-Escalier's own account) come from the policy file.
+from Jira's or Zendesk's delivery log (also a Jira Automation or Service
+Management automation request, or a Zendesk EventBridge event), or an .eml
+file for email. No store, no network and no policy are needed; this is how to
+find out why Escalier ignored a delivery. With --policy, the connector's
+settings (field mapping, statuses, Escalier's own account) come from the
+policy file.
 
 A payload that does not carry the ticket (Jira Server's comment events) is
 shown with its ticket missing: the worker reads it from the upstream.""",
