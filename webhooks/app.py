@@ -415,7 +415,8 @@ def _receive(spec: WebhookSpec, instance: str) -> Response:
         # same-body window would bound a replay, and past it a captured body would be new again.
         raise Rejected(
             "unusable_timestamp",
-            "the payload carries no timestamp in epoch milliseconds, so its age cannot be checked",
+            "neither a signature nor the payload says when it was sent (Jira's timestamp in "
+            "epoch milliseconds, an EventBridge event's time), so its age cannot be checked",
             status=400,
         )
     # Jira signs no timestamp and retries for about 30 minutes: its payload's own timestamp gets

@@ -72,7 +72,10 @@ __all__ = [
     "SYSTEM",
     "comment_event_id",
     "deleted_event_id",
+    "eventbridge_event_type",
     "events_from_export",
+    "from_eventbridge",
+    "is_eventbridge",
     "parse_delivery",
     "ticket_from_api",
     "version_event_id",
@@ -213,9 +216,8 @@ def parse_delivery(
     reader = _Reader.of(site, raw.instance)
     received = _aware(raw.received_at)
     try:
-        eventbridge = isinstance(payload.get("detail"), Mapping)
-        if eventbridge and isinstance(payload.get("detail-type"), str):
-            payload = _from_eventbridge(payload)
+        if is_eventbridge(payload):
+            payload = from_eventbridge(payload)
         if isinstance(payload.get("type"), str) and payload["type"].startswith(EVENT_PREFIX):
             return _EventDelivery(reader, payload, received, fetch).events()
         if isinstance(payload.get("type"), str) and isinstance(payload.get("detail"), Mapping):
@@ -245,16 +247,37 @@ _EVENTBRIDGE_NAMES = {
 _EVENTBRIDGE_TICKET = "Support Ticket:"
 
 
-def _from_eventbridge(envelope: Mapping[str, Any]) -> Mapping[str, Any]:
+def is_eventbridge(payload: Any) -> bool:
+    """True for an event of Zendesk's Events Connector (Amazon EventBridge)."""
+    return (
+        isinstance(payload, Mapping)
+        and isinstance(payload.get("detail-type"), str)
+        and isinstance(payload.get("detail"), Mapping)
+    )
+
+
+def eventbridge_event_type(envelope: Mapping[str, Any]) -> str | None:
+    """The webhook event type of an EventBridge ticket event; None for other EventBridge events."""
+    kind = str(envelope.get("detail-type") or "").strip()
+    if not kind.startswith(_EVENTBRIDGE_TICKET):
+        return None
+    words = re.sub(r"[^a-z0-9]+", "_", kind[len(_EVENTBRIDGE_TICKET):].strip().lower()).strip("_")
+    return f"{TICKET_PREFIX}{_EVENTBRIDGE_NAMES.get(words, words)}"
+
+
+def from_eventbridge(envelope: Mapping[str, Any]) -> Mapping[str, Any]:
     """A Zendesk Events Connector event (Amazon EventBridge) as the event webhook of that change.
 
     EventBridge sends ``{"detail-type": "Support Ticket: Status Changed", "id", "time",
     "detail": {"ticket_event": {"meta": {"occurred_at", "actor_id"}, "type", "previous",
     "current", "comment", "ticket": {...}}}}``: the same facts as the webhook, ids as numbers.
-    A rule forwarding it to the receiver (an API destination) needs no template.
+
+    :raises DeliverySkipped: for an event not about a ticket (``unsupported_event``).
+    :raises PayloadError: for a ticket event without its ticket.
     """
     kind = str(envelope["detail-type"]).strip()
-    if not kind.startswith(_EVENTBRIDGE_TICKET):
+    event_type = eventbridge_event_type(envelope)
+    if event_type is None:
         raise DeliverySkipped(
             "unsupported_event",
             f"Zendesk's EventBridge event {_short(kind)!r} is not about a ticket; escalations "
@@ -266,12 +289,10 @@ def _from_eventbridge(envelope: Mapping[str, Any]) -> Mapping[str, Any]:
         raise PayloadError(
             f"the EventBridge event {_short(kind)!r} carries no detail.ticket_event.ticket"
         )
-    words = re.sub(r"[^a-z0-9]+", "_", kind[len(_EVENTBRIDGE_TICKET):].strip().lower()).strip("_")
-    name = _EVENTBRIDGE_NAMES.get(words, words)
     meta = _mapping(change.get("meta"))
     event = {key: value for key, value in change.items() if key not in ("ticket", "meta", "type")}
     return {
-        "type": f"{TICKET_PREFIX}{name}",
+        "type": event_type,
         "id": envelope.get("id"),
         "time": meta.get("occurred_at") or envelope.get("time"),
         "subject": f"zen:ticket:{ticket.get('id')}",

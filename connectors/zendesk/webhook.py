@@ -12,6 +12,11 @@ Two kinds of body arrive: event webhooks (``"type": "zen:event-type:ticket.statu
 ids as strings, upper-case statuses) and trigger or automation webhooks, whose JSON body is
 whatever the admin's template renders. For loop detection a trigger template should carry
 ``"current_user_id": "{{current_user.id}}"``.
+
+Events of Zendesk's Events Connector (Amazon EventBridge), forwarded by an API destination, are
+not signed: they authenticate with the secret in ``X-Escalier-Token`` (compared in constant time,
+the API destination's "API key" header), and their own ``time`` bounds their age. They are read as
+the event webhook of the same change; a token is accepted for nothing else.
 """
 
 from __future__ import annotations
@@ -20,9 +25,22 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from escalier.connectors.zendesk.events import (
+    eventbridge_event_type,
+    from_eventbridge,
+    is_eventbridge,
+)
+from escalier.core.connector import DeliverySkipped
+from escalier.core.errors import EscalierError
 from escalier.core.extensions import OwnIdentity, WebhookSpec
 from escalier.core.hookspecs import hookimpl
-from escalier.webhooks.verification import Rejected, check_base64_hmac, parse_iso_timestamp
+from escalier.webhooks.token import TOKEN_HEADER
+from escalier.webhooks.verification import (
+    Rejected,
+    check_base64_hmac,
+    check_token,
+    parse_iso_timestamp,
+)
 
 __all__ = [
     "HANDLED_EVENTS",
@@ -33,6 +51,7 @@ __all__ = [
     "handles",
     "is_own_change",
     "register_webhooks",
+    "sent_at",
     "verify",
     "webhook_spec",
 ]
@@ -75,8 +94,15 @@ _TRIGGER_COMMENT_KEYS = ("comment", "latest_comment", "latest_public_comment", "
 def verify(
     headers: Mapping[str, str], body: bytes, secrets: Sequence[str], now: datetime
 ) -> datetime | None:
-    """Check the signature over timestamp + body; returns the signed timestamp."""
+    """Check the signature over timestamp + body; returns the signed timestamp.
+
+    An unsigned request with ``X-Escalier-Token`` (an EventBridge API destination's) is checked by
+    its token; its body must then carry its own time (:func:`sent_at`).
+    """
     signature = headers.get(SIGNATURE_HEADER)
+    if not signature and headers.get(TOKEN_HEADER):
+        check_token(headers.get(TOKEN_HEADER), secrets)
+        return None
     if not signature:
         raise Rejected("missing_signature", f"the request carries no {SIGNATURE_HEADER} header")
     timestamp = headers.get(TIMESTAMP_HEADER)
@@ -87,11 +113,27 @@ def verify(
     return parse_iso_timestamp(timestamp)
 
 
+def sent_at(headers: Mapping[str, str], payload: Any) -> datetime | None:
+    """An EventBridge event's ``time``; None for webhooks, whose signed timestamp is checked."""
+    if not is_eventbridge(payload) or not isinstance(payload.get("time"), str):
+        return None
+    try:
+        return parse_iso_timestamp(payload["time"])
+    except Rejected:
+        return None
+
+
 def delivery_id(headers: Mapping[str, str], payload: Any) -> str | None:
-    """``X-Zendesk-Webhook-Invocation-Id`` (kept across retries), else an event webhook's id."""
+    """``X-Zendesk-Webhook-Invocation-Id`` (kept across retries), else an event webhook's id.
+
+    An EventBridge event's ``id`` is the same on EventBridge's retries.
+    """
     invocation = headers.get(INVOCATION_HEADER)
     if invocation:
         return invocation
+    if is_eventbridge(payload):
+        event_id = payload.get("id")
+        return f"eventbridge:{event_id}" if isinstance(event_id, str) and event_id else None
     event_id = payload.get("id") if _is_event(payload) else None
     return f"event:{event_id}" if isinstance(event_id, str) and event_id else None
 
@@ -105,7 +147,13 @@ def _is_event(payload: Any) -> bool:
 
 
 def event_type(headers: Mapping[str, str], payload: Any) -> str | None:
-    """An event webhook's ``type``; ``trigger`` for a trigger or automation body."""
+    """An event webhook's ``type``; ``trigger`` for a trigger or automation body.
+
+    An EventBridge ticket event gets its webhook's type; another EventBridge event its
+    ``detail-type``, which is not handled.
+    """
+    if is_eventbridge(payload):
+        return eventbridge_event_type(payload) or f"eventbridge:{payload['detail-type'][:100]}"
     return payload["type"] if _is_event(payload) else TRIGGER_EVENT
 
 
@@ -123,6 +171,11 @@ def is_own_change(payload: Any, identity: OwnIdentity) -> bool:
     """True when Escalier's own user made the change, or the comment carries its marker."""
     if not isinstance(payload, dict):
         return False
+    if is_eventbridge(payload):
+        try:
+            payload = dict(from_eventbridge(payload))
+        except (DeliverySkipped, EscalierError):
+            return False
     if _is_event(payload):
         detail = payload.get("detail") if isinstance(payload.get("detail"), dict) else {}
         event = payload.get("event") if isinstance(payload.get("event"), dict) else {}
@@ -151,6 +204,7 @@ def webhook_spec() -> WebhookSpec:
         event_type=event_type,
         handles=handles,
         is_own_change=is_own_change,
+        sent_at=sent_at,
     )
 
 

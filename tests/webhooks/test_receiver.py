@@ -11,6 +11,7 @@ import pytest
 from webhook_support import (
     JIRA_SECRET,
     ZENDESK_OLD_SECRET,
+    ZENDESK_SECRET,
     jira_headers,
     payload,
     payload_json,
@@ -79,6 +80,42 @@ def test_a_jira_automation_request_without_its_token_is_refused(app, client, hea
     body = payload("jira", "automation-issue-data")
     response = client.post(JIRA, data=body, headers={"Content-Type": "application/json", **headers})
     assert (response.status_code, response.json["error"]) == (401, error)
+    assert rows(app) == []
+
+
+def test_a_zendesk_eventbridge_event_authenticates_by_its_token_and_its_time(app, client, clock):
+    """An EventBridge API destination cannot sign: the secret in X-Escalier-Token, and the event's
+    own time bounds its age."""
+    body = payload("zendesk", "eventbridge-agent-assignment-changed")
+    headers = {"Content-Type": "application/json", "X-Escalier-Token": ZENDESK_SECRET}
+    sent = datetime(2026, 3, 6, 10, 20, 1, tzinfo=UTC)
+    clock.advance(sent + timedelta(minutes=61) - clock())
+    stale = client.post(ZD, data=body, headers=headers)
+    assert (stale.status_code, stale.json["error"]) == (401, "replayed")
+    clock.advance(timedelta(minutes=-60))
+    wrong = client.post(ZD, data=body, headers={**headers, "X-Escalier-Token": "not-it"})
+    assert (wrong.status_code, wrong.json["error"]) == (401, "bad_token")
+    assert client.post(ZD, data=body, headers=headers).status_code == 202
+    again = client.post(ZD, data=body, headers=headers)  # EventBridge retrying the same event
+    assert again.json == {"status": "duplicate"}
+    [row] = rows(app)
+    assert (row.event_type, row.delivery_id, row.state) == (
+        "zen:event-type:ticket.agent_assignment_changed",
+        "eventbridge:6f1d2c3b-0021-4c00-9000-000000000021", "pending",
+    )
+    assert "X-Escalier-Token" not in row.headers
+    # An event not about a ticket is acknowledged and kept as ignored.
+    user = client.post(ZD, data=payload("zendesk", "eventbridge-user-created"), headers=headers)
+    assert (user.status_code, user.json["status"], user.json["reason"]) == (202, "ignored", "unhandled-event")
+
+
+def test_a_token_is_no_signature_for_a_zendesk_webhook(app, client):
+    """A trigger body carries no time of its own: with a token instead of a signature, its age
+    could not be checked, so it is refused and nothing is stored."""
+    body = payload("zendesk", "trigger-recommended")
+    headers = {"Content-Type": "application/json", "X-Escalier-Token": ZENDESK_SECRET}
+    response = client.post(ZD, data=body, headers=headers)
+    assert (response.status_code, response.json["error"]) == (400, "unusable_timestamp")
     assert rows(app) == []
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from zendesk_rig import SEVERITY_FIELD, USERS_FIELD, zendesk_rig
+import requests
+from zendesk_rig import SECRET, SEVERITY_FIELD, USERS_FIELD, zendesk_rig
 
 from escalier.runtime.testing import FakeClock
 
@@ -191,3 +192,43 @@ def test_a_burst_goes_upstream_most_urgent_first_whatever_the_order_it_came_in(t
         rig.settle(timeout=100)
         assert all(sandbox.ticket(t)["group_id"] == 360000102 for t in single)
         assert sandbox.duplicate_keys() == []
+
+
+def test_an_eventbridge_event_escalates_a_ticket_without_a_webhook(tmp_path):
+    """Zendesk's Events Connector through an EventBridge API destination (the secret as its API
+    key header): the same escalation as the webhook's, once."""
+    with zendesk_rig(tmp_path) as rig:
+        sandbox = rig.sandbox
+        sandbox.drop_webhooks(100)
+        ticket = sandbox.create_ticket("Reports export times out",
+                                       custom_fields={SEVERITY_FIELD: "severity_critical"})
+        rig.settle()
+        assert rig.inbox_rows() == []
+
+        fields = ("id", "created_at", "updated_at", "type", "priority", "status", "requester_id",
+                  "submitter_id", "assignee_id", "organization_id", "group_id", "brand_id",
+                  "external_id", "tags", "via")
+        event = {
+            "version": "0", "id": "0b7a1c2d-0001-4e00-9000-00000000e001",
+            "detail-type": "Support Ticket: Ticket Created",
+            "source": "aws.partner/zendesk.com/acme/default", "account": "123456789012",
+            "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "region": "eu-west-1",
+            "resources": ["Support Ticket"],
+            "detail": {"ticket_event": {
+                "meta": {"version": "1.0", "occurred_at": ticket["updated_at"],
+                         "actor_id": ticket["requester_id"]},
+                "type": "Ticket Created",
+                "ticket": {name: ticket.get(name) for name in fields},
+            }},
+        }
+        url = f"{rig.receiver_url}/webhooks/zendesk"
+        headers = {"Content-Type": "application/json", "X-Escalier-Token": SECRET}
+        assert requests.post(url, json=event, headers=headers, timeout=10).status_code == 202
+        rig.settle()
+        assert sandbox.ticket(ticket["id"])["group_id"] == 360000102
+        assert len(marked_comments(sandbox, ticket["id"])) == 1
+        # EventBridge delivering the event again changes nothing.
+        again = requests.post(url, json=event, headers=headers, timeout=10)
+        assert again.json() == {"status": "duplicate"}
+        rig.settle()
+        assert sandbox.duplicate_keys() == [] and rig.writes() == {UPDATE: 1}
