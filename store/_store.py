@@ -899,7 +899,7 @@ class Store:
             return []
         now = utc(now)
         c = sync_cursors.c
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        dialect = postgresql if self._postgres else sqlite
         with self.begin() as tx:
             connection = tx.connection
             # Workers on other nodes start together: the first insert wins, the rest add nothing.

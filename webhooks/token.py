@@ -14,10 +14,23 @@ from typing import Any
 from escalier.core.extensions import OwnIdentity, WebhookSpec
 from escalier.webhooks.verification import check_token
 
-__all__ = ["DELIVERY_HEADER", "TOKEN_HEADER", "token_webhook"]
+__all__ = ["DELIVERY_HEADER", "TOKEN_HEADER", "checked_token", "token_webhook"]
 
 TOKEN_HEADER = "X-Escalier-Token"
 DELIVERY_HEADER = "X-Escalier-Delivery"
+
+
+def checked_token(headers: Mapping[str, str], secrets: Sequence[str]) -> bool:
+    """For a signing endpoint's unsigned senders: True when the request carries ``TOKEN_HEADER``
+    and it matches a secret, False when it carries none.
+
+    :raises Rejected: when the token matches no secret.
+    """
+    token = headers.get(TOKEN_HEADER)
+    if not token:
+        return False
+    check_token(token, secrets)
+    return True
 
 
 def token_webhook(

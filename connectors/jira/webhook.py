@@ -21,8 +21,8 @@ from typing import Any
 from escalier.connectors.jira.events import AUTOMATION_EVENT, issue_updated_at
 from escalier.core.extensions import OwnIdentity, WebhookSpec
 from escalier.core.hookspecs import hookimpl
-from escalier.webhooks.token import TOKEN_HEADER
-from escalier.webhooks.verification import Rejected, check_hex_hmac, check_token
+from escalier.webhooks.token import TOKEN_HEADER, checked_token
+from escalier.webhooks.verification import Rejected, check_hex_hmac
 
 __all__ = [
     "HANDLED_EVENTS",
@@ -63,8 +63,7 @@ def verify(
     by its token instead.
     """
     header = headers.get(SIGNATURE_HEADER)
-    if not header and headers.get(TOKEN_HEADER):
-        check_token(headers.get(TOKEN_HEADER), secrets)
+    if not header and checked_token(headers, secrets):
         return None
     if not header:
         raise Rejected(

@@ -720,7 +720,7 @@ class _TriggerDelivery:
                 "the body is neither a Zendesk event webhook (no zen:event-type) nor a trigger "
                 f"body naming a ticket (no ticket_id; keys: {keys})"
             )
-        if not values.id.isdigit():
+        if not (values.id.isascii() and values.id.isdigit()):
             # Zendesk numbers its tickets; anything else is another body carrying an "id".
             hint = (" (a placeholder left as written, as Zendesk's \"Test webhook\" sends it)"
                     if "{{" in values.id else "")

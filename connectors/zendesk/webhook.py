@@ -34,11 +34,10 @@ from escalier.core.connector import DeliverySkipped
 from escalier.core.errors import EscalierError
 from escalier.core.extensions import OwnIdentity, WebhookSpec
 from escalier.core.hookspecs import hookimpl
-from escalier.webhooks.token import TOKEN_HEADER
+from escalier.webhooks.token import checked_token
 from escalier.webhooks.verification import (
     Rejected,
     check_base64_hmac,
-    check_token,
     parse_iso_timestamp,
 )
 
@@ -100,8 +99,7 @@ def verify(
     its token; its body must then carry its own time (:func:`sent_at`).
     """
     signature = headers.get(SIGNATURE_HEADER)
-    if not signature and headers.get(TOKEN_HEADER):
-        check_token(headers.get(TOKEN_HEADER), secrets)
+    if not signature and checked_token(headers, secrets):
         return None
     if not signature:
         raise Rejected("missing_signature", f"the request carries no {SIGNATURE_HEADER} header")
